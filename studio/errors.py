@@ -1,0 +1,24 @@
+"""User-facing errors: one class, one clear sentence, exit code 2 on the CLI."""
+
+
+class StudioError(Exception):
+    """A mistake in what the user asked for (bad expression, unknown name, mismatched spaces...).
+
+    The message is meant to be shown as is; no traceback accompanies it.
+    """
+
+
+class SpaceMismatch(StudioError):
+    """Two tensors from different spaces were combined."""
+
+
+class ExpressionError(StudioError):
+    """An expression could not be parsed or evaluated; the message points at the position."""
+
+    def __init__(self, message: str, source: str = "", position: int | None = None):
+        self.source = source
+        self.position = position
+        if source and position is not None:
+            caret = " " * position + "^"
+            message = f"{message} at position {position + 1}\n  {source}\n  {caret}"
+        super().__init__(message)

@@ -1,0 +1,147 @@
+"""The stored object types: Latent, Generation (latents by role + render settings) and Vector.
+
+Each is a small dataclass; its ``id`` is a content hash, so the same tensor in the same
+space is stored once, whatever lineage produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
+
+import torch
+
+from studio.errors import StudioError
+from studio.space import Space
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How an object was made: the op, its parameters, and the ids of its parents (in order)."""
+
+    op: str
+    params: dict = field(default_factory=dict)
+    parents: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "params": self.params, "parents": list(self.parents)}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> Lineage | None:
+        if not data:
+            return None
+        return cls(data["op"], dict(data.get("params", {})), tuple(data.get("parents", ())))
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuse NaN or Inf: they would silently poison every result built from them."""
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).sum().item()
+        raise StudioError(f"{what} contains {bad} NaN or Inf value(s); refusing to use it")
+    return tensor
+
+
+def _canonical(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", torch.float32).contiguous()
+
+
+def _hash(parts: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+@dataclass
+class Latent:
+    """One item's tensor in one space, with metadata (seed, prompt, model, scale...) and lineage."""
+
+    tensor: torch.Tensor  # [*space.shape], float32 on the CPU
+    space: Space
+    meta: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage | None = None
+    kind = "latent"
+
+    def __post_init__(self):
+        self.tensor = _canonical(self.tensor)
+        if tuple(self.tensor.shape) != self.space.shape:
+            raise StudioError(
+                f"tensor of shape {tuple(self.tensor.shape)} does not fit space {self.space}"
+            )
+        check_finite(self.tensor, f"latent in {self.space}")
+
+    @property
+    def id(self) -> str:
+        return _hash([self.kind.encode(), str(self.space).encode(), self.tensor.numpy().tobytes()])
+
+    def with_tensor(self, tensor: torch.Tensor, lineage: Lineage | None = None, **meta) -> Latent:
+        """A new latent in the same space; metadata is kept unless overridden."""
+        return replace(self, tensor=tensor, lineage=lineage, meta={**self.meta, **meta})
+
+
+@dataclass
+class Vector:
+    """A direction in one space: how it was made (``method``) and what was measured of it (``meta``)."""
+
+    tensor: torch.Tensor  # [*space.shape]
+    space: Space
+    method: str = "unknown"
+    meta: dict[str, Any] = field(default_factory=dict)
+    lineage: Lineage | None = None
+    kind = "vector"
+
+    def __post_init__(self):
+        self.tensor = _canonical(self.tensor)
+        if tuple(self.tensor.shape) != self.space.shape:
+            raise StudioError(f"tensor of shape {tuple(self.tensor.shape)} does not fit space {self.space}")
+        check_finite(self.tensor, f"vector in {self.space}")
+
+    @property
+    def id(self) -> str:
+        return _hash([self.kind.encode(), str(self.space).encode(), self.tensor.numpy().tobytes()])
+
+    def with_tensor(self, tensor: torch.Tensor, lineage: Lineage | None = None, **meta) -> Vector:
+        return replace(self, tensor=tensor, lineage=lineage, meta={**self.meta, **meta})
+
+
+@dataclass
+class Generation:
+    """What a picture needs: latents by role (``noise`` + ``text``, or ``z`` / ``w``) and render settings."""
+
+    roles: dict[str, Latent]
+    model: str  # the model spec that renders it (``tiny-sd``, a hub id, a folder...)
+    settings: dict[str, Any] = field(default_factory=dict)  # steps, guidance, scheduler, size...
+    meta: dict[str, Any] = field(default_factory=dict)  # seed, prompt...
+    lineage: Lineage | None = None
+    kind = "generation"
+
+    def __post_init__(self):
+        if not self.roles:
+            raise StudioError("a generation needs at least one latent role")
+
+    @property
+    def id(self) -> str:
+        parts = [self.kind.encode(), self.model.encode(), json.dumps(self.settings, sort_keys=True).encode()]
+        for role in sorted(self.roles):
+            latent = self.roles[role]
+            parts += [role.encode(), str(latent.space).encode(), latent.tensor.numpy().tobytes()]
+        return _hash(parts)
+
+    @property
+    def spaces(self) -> dict[str, Space]:
+        return {role: latent.space for role, latent in self.roles.items()}
+
+    def with_roles(self, roles: dict[str, Latent], lineage: Lineage | None = None, **meta) -> Generation:
+        return replace(self, roles=roles, lineage=lineage, meta={**self.meta, **meta})
+
+
+StoredObject = Union[Latent, Generation, Vector]
+
+
+def now() -> float:
+    return math.floor(time.time() * 1000) / 1000
