@@ -1,0 +1,210 @@
+"""The typed latent algebra: ``studio.ops`` applied to Latents, Vectors and Generations.
+
+The space check happens here, once, around the pure ops. On generations ops act role by
+role; ``slerp`` uses the spherical path only where a role holds a Gaussian draw (noise, gan-z)
+and the linear one elsewhere (text embeddings, w).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from studio import ops
+from studio.errors import SpaceMismatch, StudioError
+from studio.objects import Generation, Latent, Vector, check_finite
+from studio.space import Space, check_same
+
+Value = float | Latent | Vector | Generation
+
+
+def describe(x: Value) -> str:
+    """A short phrase for error messages: 'a number', 'latent in noise[...]'..."""
+    if isinstance(x, (int, float)):
+        return "a number"
+    if isinstance(x, Generation):
+        return f"generation of {x.model} ({', '.join(f'{r}: {s}' for r, s in x.spaces.items())})"
+    return f"{x.kind} in {x.space}"
+
+
+def _number(x: Value, what: str) -> float:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        raise StudioError(f"{what} must be a number, got {describe(x)}")
+    if not math.isfinite(x):
+        raise StudioError(f"{what} must be a finite number, got {x}")
+    return float(x)
+
+
+def _tensor_op(fn: Callable[..., torch.Tensor], xs: list[Latent | Vector], *extra) -> Latent | Vector:
+    """Apply a tensor op to same-space latents/vectors; the result's type follows the first latent."""
+    check_same([x.space for x in xs])
+    try:
+        out = fn(*(x.tensor for x in xs), *extra)
+    except ValueError as exc:
+        raise StudioError(str(exc)) from exc
+    check_finite(out, "the result")
+    base = next((x for x in xs if isinstance(x, Latent)), xs[0])
+    keep = {k: v for k, v in base.meta.items() if k in ("model", "scale", "generator_device")}
+    if isinstance(base, Latent):
+        return Latent(out, base.space, keep)
+    return Vector(out, base.space, base.method, {})
+
+
+def _role_for(g: Generation, space: Space, what: str) -> str:
+    for role, s in g.spaces.items():
+        if s == space:
+            return role
+    roles = ", ".join(f"{r}: {s}" for r, s in g.spaces.items())
+    raise SpaceMismatch(f"cannot {what} {space} to a generation of {g.model} whose spaces are {roles}")
+
+
+def _generation_op(name: str, gs: list[Generation], per_role: Callable[[str, list[Latent]], Latent]) -> Generation:
+    roles = set(gs[0].roles)
+    for g in gs[1:]:
+        if set(g.roles) != roles:
+            raise SpaceMismatch(
+                f"cannot {name} generations with different roles: {describe(gs[0])} and {describe(g)}"
+            )
+    out = {role: per_role(role, [g.roles[role] for g in gs]) for role in gs[0].roles}
+    first = gs[0]
+    return Generation(out, first.model, dict(first.settings), {})
+
+
+def _pairwise(name: str, fn: Callable, a: Value, b: Value, *extra) -> Value:
+    """Dispatch a two-operand op over the object types."""
+    if isinstance(a, Generation) and isinstance(b, Generation):
+        return _generation_op(name, [a, b], lambda role, xs: _tensor_op(fn, xs, *extra))
+    if isinstance(a, Generation) and isinstance(b, (Latent, Vector)):
+        role = _role_for(a, b.space, "add" if name == "add" else name)
+        roles = dict(a.roles)
+        roles[role] = _tensor_op(fn, [a.roles[role], b], *extra)
+        return Generation(roles, a.model, dict(a.settings), {})
+    if isinstance(b, Generation) and isinstance(a, (Latent, Vector)):
+        if name == "sub":
+            raise StudioError(f"cannot subtract a generation from {describe(a)}")
+        return _pairwise(name, fn, b, a, *extra)
+    if isinstance(a, (Latent, Vector)) and isinstance(b, (Latent, Vector)):
+        if isinstance(a, Vector) and isinstance(b, Latent) and name == "sub":
+            raise StudioError(f"cannot subtract a latent from a vector ({describe(b)} from {describe(a)})")
+        return _tensor_op(fn, [a, b], *extra)
+    raise StudioError(f"cannot {name} {describe(a)} and {describe(b)}")
+
+
+def add(a: Value, b: Value) -> Value:
+    """a + b: same-space latents or vectors; a vector added to a generation moves the role in its space."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        raise StudioError(f"cannot add {describe(a)} and {describe(b)}; to weight a latent use '*'")
+    return _pairwise("add", ops.add, a, b)
+
+
+def sub(a: Value, b: Value) -> Value:
+    """a - b, with the same rules as add."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a - b
+    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        raise StudioError(f"cannot subtract {describe(b)} from {describe(a)}; to weight a latent use '*'")
+    return _pairwise("sub", ops.sub, a, b)
+
+
+def scale(x: Value, k: Value) -> Value:
+    """x * k for a number k; on a generation every role is scaled."""
+    if isinstance(x, (int, float)) and not isinstance(k, (int, float)):
+        x, k = k, x
+    k = _number(k, "a scale factor")
+    if isinstance(x, (int, float)):
+        return x * k
+    if isinstance(x, Generation):
+        return _generation_op("scale", [x], lambda role, xs: _tensor_op(ops.scale, xs, k))
+    return _tensor_op(ops.scale, [x], k)
+
+
+def div(x: Value, k: Value) -> Value:
+    """x / k for a nonzero number k."""
+    k = _number(k, "a divisor")
+    if k == 0:
+        raise StudioError("division by zero")
+    if isinstance(x, (int, float)):
+        return x / k
+    return scale(x, 1.0 / k)
+
+
+def neg(x: Value) -> Value:
+    """-x."""
+    return scale(x, -1.0)
+
+
+def _interp(name: str, tensor_fn: Callable, a: Value, b: Value, t: Value) -> Value:
+    t = _number(t, f"{name}'s t")
+    if isinstance(a, Generation) and isinstance(b, Generation):
+        def per_role(role: str, xs: list[Latent]) -> Latent:
+            fn = tensor_fn if (tensor_fn is not ops.slerp or xs[0].space.gaussian) else ops.lerp
+            return _tensor_op(fn, xs, t)
+
+        return _generation_op(name, [a, b], per_role)
+    if isinstance(a, (Latent, Vector)) and isinstance(b, (Latent, Vector)) and type(a) is type(b):
+        return _tensor_op(tensor_fn, [a, b], t)
+    raise StudioError(f"{name} needs two latents, two vectors or two generations, got {describe(a)} and {describe(b)}")
+
+
+def lerp(a: Value, b: Value, t: Value) -> Value:
+    """Linear interpolation, every role linearly."""
+    return _interp("lerp", ops.lerp, a, b, t)
+
+
+def slerp(a: Value, b: Value, t: Value) -> Value:
+    """Spherical interpolation; on generations spherical for noise/gan-z roles, linear for the others."""
+    return _interp("slerp", ops.slerp, a, b, t)
+
+
+def blend(a: Value, b: Value, t: Value) -> Value:
+    """Norm-preserving blend of two latents, vectors or generations."""
+    return _interp("blend", ops.blend, a, b, t)
+
+
+def mean(*xs: Value) -> Value:
+    """Mean of latents, vectors or generations of one type and space."""
+    if not xs:
+        raise StudioError("mean needs at least one argument")
+    if all(isinstance(x, Generation) for x in xs):
+        return _generation_op("mean", list(xs), lambda role, ls: _tensor_op(ops.mean, ls))
+    if all(isinstance(x, (Latent, Vector)) for x in xs) and len({type(x) for x in xs}) == 1:
+        return _tensor_op(ops.mean, list(xs))
+    raise StudioError("mean needs arguments of one type: " + ", ".join(describe(x) for x in xs))
+
+
+def normalize(x: Value, norm: Value = 1.0) -> Value:
+    """Rescale a latent or vector to the given L2 norm (1 by default)."""
+    norm = _number(norm, "normalize's norm")
+    if not isinstance(x, (Latent, Vector)):
+        raise StudioError(f"normalize needs a latent or a vector, got {describe(x)}")
+    return _tensor_op(ops.normalize, [x], norm)
+
+
+@dataclass(frozen=True)
+class Function:
+    """An expression-language function: its implementation and parameter names (for messages)."""
+
+    fn: Callable[..., Value]
+    params: tuple[str, ...]
+    variadic: bool = False
+    optional: int = 0  # how many trailing params may be left out
+
+    def signature(self, name: str) -> str:
+        return f"{name}({', '.join(self.params)}{', ...' if self.variadic else ''})"
+
+
+FUNCTIONS: dict[str, Function] = {
+    "lerp": Function(lerp, ("a", "b", "t")),
+    "slerp": Function(slerp, ("a", "b", "t")),
+    "blend": Function(blend, ("a", "b", "t")),
+    "add": Function(add, ("a", "b")),
+    "sub": Function(sub, ("a", "b")),
+    "scale": Function(scale, ("x", "k")),
+    "mean": Function(mean, ("x",), variadic=True),
+    "normalize": Function(normalize, ("x", "norm"), optional=1),
+}

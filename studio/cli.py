@@ -1,0 +1,341 @@
+"""The ``studio`` command line: a thin layer that builds arguments, calls the Session, prints results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from studio.errors import StudioError
+from studio.session import DEFAULT_MODEL, Session, Stored
+
+
+class StudioGroup(click.Group):
+    """Turns a StudioError anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StudioError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@contextmanager
+def progress_bar(desc: str, enabled: bool = True):
+    """A tqdm bar on stderr fed by (done, total) callbacks; yields the callback."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if not enabled:
+            return
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _session(ctx: click.Context) -> Session:
+    if "session" not in ctx.obj:
+        ctx.obj["session"] = Session(ctx.obj.get("home"), device=ctx.obj.get("device"))
+    return ctx.obj["session"]
+
+
+def _print_stored(items: list[Stored], as_json: bool, paths: list[Path] | None = None) -> None:
+    if as_json:
+        rows = [{"id": s.id, "name": s.name, "kind": s.obj.kind, "path": str(p) if p else None}
+                for s, p in zip(items, paths or [None] * len(items))]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for s, p in zip(items, paths or [None] * len(items)):
+        line = f"{s.id[:12]}  {s.name or '-':<16} {s.obj.kind}"
+        click.echo(line + (f"  -> {p}" if p else ""))
+
+
+@click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="STUDIO_HOME", show_envvar=True,
+              help="Library folder (default: a per-user data folder).")
+@click.option("--device", default=None, help="Torch device for models (default: cuda if present, else cpu).")
+@click.version_option(package_name="latent-studio")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, device: str | None) -> None:
+    """Latent Studio: generate images, store their latents, and do arithmetic on them.
+
+    \b
+    Examples:
+      studio sample --model tiny-sd --prompt "a cat" --seed 1 --name a
+      studio sample --model tiny-sd --prompt "a cat" --seed 2 --name b
+      studio eval "slerp(@a, @b, 0.5)" --name mid --out mid.png
+      studio latents show mid --json
+      studio render prompts/recipes/interpolate.yaml --out out/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(home=home, device=device)
+
+
+@main.command()
+@click.option("--model", "-m", default=None, help=f"Model spec (default: {DEFAULT_MODEL}); see 'studio models'.")
+@click.option("--prompt", "-p", default=None, help="Text prompt (text-conditioned models).")
+@click.option("--seed", "-s", type=int, default=None, help="First seed; items use seed, seed+1, ... (default: random).")
+@click.option("-n", "--count", type=int, default=1, show_default=True, help="How many generations to draw.")
+@click.option("--name", default=None, help="Name to store under (NAME-1, NAME-2, ... when -n > 1).")
+@click.option("--tag", "tags", multiple=True, help="Tag to attach (repeatable).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (diffusion).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (diffusion).")
+@click.option("--size", type=int, default=None, help="Image height and width in pixels (diffusion).")
+@click.option("--truncation", type=float, default=None, help="Truncation psi (GAN).")
+@click.option("--space", type=click.Choice(["z", "w"]), default=None, help="Latent space to store (GAN; default z).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, truncation, space, out, as_json):
+    """Draw new generations from seeds (and a prompt) and store them.
+
+    \b
+    Examples:
+      studio sample --prompt "smiling cat face" --seed 3 --out out/
+      studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
+    """
+    settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "height": size, "width": size,
+                                  "truncation": truncation, "space": space}.items() if v is not None}
+    session = _session(ctx)
+    items = session.sample(model, prompt, seed, count, name, tags, **settings)
+    paths = None
+    if out:
+        with progress_bar("render", not as_json) as cb:
+            paths = session.render_to(items, out, cb)
+    _print_stored(items, as_json, paths)
+
+
+@main.command(name="eval")
+@click.argument("expression")
+@click.option("--name", default=None, help="Name to store the result under.")
+@click.option("--tag", "tags", multiple=True, help="Tag to attach (repeatable).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Render the result to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def eval_(ctx, expression, name, tags, out, as_json):
+    """Evaluate EXPRESSION over stored objects and store the result with its lineage.
+
+    \b
+    The language: @name or @idprefix, numbers, + - * /, parentheses and
+    lerp(a, b, t), slerp(a, b, t), blend(a, b, t), mean(a, ...), normalize(x[, norm]),
+    add(a, b), sub(a, b), scale(x, k).
+
+    \b
+    Examples:
+      studio eval "slerp(@a, @b, 0.5)" --name mid --out mid.png
+      studio eval "@scene + 0.8 * @day_to_night" --name night
+    """
+    session = _session(ctx)
+    stored = session.evaluate(expression, name=name, tags=tags)
+    paths = None
+    if out:
+        out = Path(out)
+        if out.suffix.lower() != ".png":
+            raise StudioError(f"--out names a PNG file; got {out}")
+        with progress_bar("render", not as_json) as cb:
+            paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
+    _print_stored([stored], as_json, paths)
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="out", show_default=True,
+              help="Folder for the PNGs.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Generations per model call.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def render(ctx, targets, out, batch, as_json):
+    """Render a recipe file (RECIPE.yaml) or stored generations (@REF ...) to PNGs.
+
+    \b
+    Examples:
+      studio render prompts/recipes/interpolate.yaml --out out/
+      studio render @mid @a --out out/
+    """
+    from studio.recipe import Recipe, run
+
+    session = _session(ctx)
+    if len(targets) == 1 and targets[0].endswith((".yaml", ".yml")):
+        recipe = Recipe.load(targets[0])
+        with progress_bar("render", not as_json) as cb:
+            result = run(session, recipe, out, cb, batch=batch)
+        items = [s for pts in result.renders.values() for _, s in pts]
+        if as_json:
+            click.echo(json.dumps({"files": [str(p) for p in result.files],
+                                   "objects": [s.id for s in items],
+                                   "lets": {k: s.id for k, s in result.lets.items()}}, indent=2))
+        else:
+            for p in result.files:
+                click.echo(str(p))
+            click.echo(f"{len(result.files)} image(s) in {out}", err=True)
+        return
+    with progress_bar("render", not as_json) as cb:
+        paths = session.render_refs(list(targets), out, cb)
+    if as_json:
+        click.echo(json.dumps([str(p) for p in paths]))
+    else:
+        for p in paths:
+            click.echo(str(p))
+
+
+@main.group()
+def latents():
+    """List, inspect, tag, remove, export and import stored objects."""
+
+
+@latents.command(name="ls")
+@click.option("--kind", type=click.Choice(["generation", "latent", "vector"]), default=None)
+@click.option("--tag", default=None, help="Only objects with this tag.")
+@click.option("--model", default=None, help="Only objects of this model spec.")
+@click.option("--space", default=None, help="Only objects whose space contains this text (e.g. gan-w).")
+@click.option("--search", "text", default=None, help="Text to find in names, prompts, expressions or ids.")
+@click.option("--limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def latents_ls(ctx, kind, tag, model, space, text, limit, as_json):
+    """List stored objects, newest first."""
+    rows = _session(ctx).library.ls(kind, tag, model, space, text, limit)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        return
+    for r in rows:
+        what = r.summary.get("prompt") or r.summary.get("expr") or r.summary.get("method") or ""
+        names = ",".join(r.names) or "-"
+        tags = (" #" + " #".join(r.tags)) if r.tags else ""
+        click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
+
+
+@latents.command(name="show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def latents_show(ctx, ref, as_json):
+    """Show one object's metadata and lineage."""
+    info = _session(ctx).describe(ref)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"id       {info['id']}")
+    click.echo(f"kind     {info['kind']}    names: {', '.join(info['names']) or '-'}    tags: {', '.join(info['tags']) or '-'}")
+    if info.get("model"):
+        click.echo(f"model    {info['model']}")
+    for role, space in info["spaces"].items():
+        click.echo(f"space    {role}: {space}")
+    for key in ("seed", "prompt", "method"):
+        if info.get(key) is not None:
+            click.echo(f"{key:<8} {info[key]}")
+    if info.get("settings"):
+        click.echo("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()))
+    lin = info["lineage"]
+    if lin["op"]:
+        params = ", ".join(f"{k}={v}" for k, v in lin["params"].items())
+        click.echo(f"made by  {lin['op']}({params})")
+        for p in lin["parents"]:
+            click.echo(f"  parent {p['id'][:12]}  {', '.join(p['names']) or ''}")
+
+
+@latents.command(name="tag")
+@click.argument("ref")
+@click.argument("tag")
+@click.pass_context
+def latents_tag(ctx, ref, tag):
+    """Attach TAG to an object."""
+    click.echo(_session(ctx).library.tag(ref, tag)[:12])
+
+
+@latents.command(name="untag")
+@click.argument("ref")
+@click.argument("tag")
+@click.pass_context
+def latents_untag(ctx, ref, tag):
+    """Remove TAG from an object."""
+    click.echo(_session(ctx).library.untag(ref, tag)[:12])
+
+
+@latents.command(name="name")
+@click.argument("ref")
+@click.argument("name")
+@click.pass_context
+def latents_name(ctx, ref, name):
+    """Give an object another NAME."""
+    click.echo(_session(ctx).library.name(ref, name)[:12])
+
+
+@latents.command(name="rm")
+@click.argument("ref")
+@click.pass_context
+def latents_rm(ctx, ref):
+    """Remove an object (objects made from it keep their lineage ids)."""
+    click.echo(f"removed {_session(ctx).library.remove(ref)[:12]}")
+
+
+@latents.command(name="export")
+@click.argument("ref")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def latents_export(ctx, ref, file):
+    """Export to FILE: .safetensors (self-describing) or .latent (ComfyUI, VAE latents)."""
+    click.echo(str(_session(ctx).export(ref, file)))
+
+
+@latents.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Name to store under.")
+@click.option("--model", default=None, help="Model whose VAE made a ComfyUI .latent file.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def latents_import(ctx, file, name, model, as_json):
+    """Import a .safetensors file, a ComfyUI .latent, or a PNG made by the studio."""
+    _print_stored(_session(ctx).import_file(file, name, model), as_json)
+
+
+@latents.command(name="check")
+@click.option("--repair", is_flag=True, help="Adopt object files left unindexed by a crash.")
+@click.pass_context
+def latents_check(ctx, repair):
+    """Verify every stored file against its id."""
+    lib = _session(ctx).library
+    if repair:
+        click.echo(f"adopted {lib.reindex()} unindexed object(s)")
+    problems = lib.check()
+    for p in problems:
+        click.echo(p)
+    click.echo(f"{len(lib)} object(s), {len(problems)} problem(s)")
+    if problems:
+        ctx.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def models(as_json):
+    """List the model specs the studio knows (hub ids and folders work too)."""
+    rows = Session.models()
+    if as_json:
+        click.echo(json.dumps([{"spec": s, "description": d} for s, d in rows], indent=2))
+        return
+    for spec, desc in rows:
+        mark = "*" if spec == DEFAULT_MODEL else " "
+        click.echo(f"{mark} {spec:<18} {desc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The expression language: parsed into a small tree, never ``eval``-ed.
+
+Grammar::
+
+    expr    := term (('+' | '-') term)*
+    term    := unary (('*' | '/') unary)*
+    unary   := '-' unary | primary
+    primary := NUMBER | '@' NAME | IDENT '(' [arg (',' arg)*] ')' | IDENT | '(' expr ')'
+    arg     := [IDENT '='] expr
+
+``@name`` (or ``@idprefix``) refers to a stored object; a bare identifier is a variable bound
+by a recipe sweep (``t``). Errors carry the position they were found at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from studio import algebra
+from studio.errors import ExpressionError, StudioError
+from studio.objects import Lineage
+
+MAX_LENGTH = 10_000  # longer input is refused before tokenizing
+MAX_DEPTH = 64  # nesting limit, so a hostile expression cannot exhaust the stack
+
+TOKEN = re.compile(
+    r"""(?P<ws>\s+)
+      | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+      | (?P<ref>@[A-Za-z0-9_.\-]*)
+      | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<op>[-+*/(),=])""",
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # number, ref, ident, op, end
+    text: str
+    pos: int
+
+
+@dataclass(frozen=True)
+class Node:
+    pos: int
+
+
+@dataclass(frozen=True)
+class Num(Node):
+    value: float
+
+
+@dataclass(frozen=True)
+class Ref(Node):
+    name: str  # without the '@'
+
+
+@dataclass(frozen=True)
+class Var(Node):
+    name: str
+
+
+@dataclass(frozen=True)
+class Neg(Node):
+    operand: Node
+
+
+@dataclass(frozen=True)
+class BinOp(Node):
+    op: str  # + - * /
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    fn: str
+    args: tuple[Node, ...]
+    kwargs: tuple[tuple[str, Node], ...] = field(default=())
+
+
+def tokenize(source: str) -> list[Token]:
+    if len(source) > MAX_LENGTH:
+        raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
+    tokens, pos = [], 0
+    while pos < len(source):
+        m = TOKEN.match(source, pos)
+        if not m:
+            raise ExpressionError(f"unexpected character {source[pos]!r}", source, pos)
+        kind = m.lastgroup
+        if kind == "ref" and len(m.group()) == 1:
+            raise ExpressionError("expected a name after '@'", source, pos + 1)
+        if kind != "ws":
+            tokens.append(Token(kind, m.group(), pos))
+        pos = m.end()
+    tokens.append(Token("end", "", len(source)))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.tokens = tokenize(source)
+        self.i = 0
+        self.depth = 0
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def fail(self, expected: str, tok: Token | None = None) -> ExpressionError:
+        tok = tok or self.peek()
+        found = "the end of the expression" if tok.kind == "end" else repr(tok.text)
+        return ExpressionError(f"expected {expected}, found {found}", self.source, tok.pos)
+
+    def expect(self, text: str) -> Token:
+        if self.peek().text != text or self.peek().kind != "op":
+            raise self.fail(repr(text))
+        return self.take()
+
+    def parse(self) -> Node:
+        if self.peek().kind == "end":
+            raise self.fail("an expression")
+        node = self.expr()
+        if self.peek().kind != "end":
+            raise self.fail("an operator or the end of the expression")
+        return node
+
+    def expr(self) -> Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExpressionError(f"expression is nested more than {MAX_DEPTH} deep", self.source, self.peek().pos)
+        node = self.term()
+        while self.peek().kind == "op" and self.peek().text in "+-":
+            tok = self.take()
+            node = BinOp(tok.pos, tok.text, node, self.term())
+        self.depth -= 1
+        return node
+
+    def term(self) -> Node:
+        node = self.unary()
+        while self.peek().kind == "op" and self.peek().text in "*/":
+            tok = self.take()
+            node = BinOp(tok.pos, tok.text, node, self.unary())
+        return node
+
+    def unary(self) -> Node:
+        if self.peek().kind == "op" and self.peek().text == "-":
+            tok = self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ExpressionError(f"expression is nested more than {MAX_DEPTH} deep", self.source, tok.pos)
+            node = Neg(tok.pos, self.unary())
+            self.depth -= 1
+            return node
+        return self.primary()
+
+    def primary(self) -> Node:
+        tok = self.peek()
+        if tok.kind == "number":
+            self.take()
+            return Num(tok.pos, float(tok.text))
+        if tok.kind == "ref":
+            self.take()
+            return Ref(tok.pos, tok.text[1:])
+        if tok.kind == "ident":
+            self.take()
+            if self.peek().text == "(":
+                return self.call(tok)
+            return Var(tok.pos, tok.text)
+        if tok.kind == "op" and tok.text == "(":
+            self.take()
+            node = self.expr()
+            self.expect(")")
+            return node
+        raise self.fail("a number, an @name, a function call or '('")
+
+    def call(self, name: Token) -> Call:
+        if name.text not in algebra.FUNCTIONS:
+            known = ", ".join(sorted(algebra.FUNCTIONS))
+            raise ExpressionError(f"unknown function {name.text!r} (known: {known})", self.source, name.pos)
+        self.expect("(")
+        args: list[Node] = []
+        kwargs: list[tuple[str, Node]] = []
+        if self.peek().text != ")":
+            while True:
+                tok = self.peek()
+                if tok.kind == "ident" and self.tokens[self.i + 1].text == "=":
+                    self.take()
+                    self.take()
+                    kwargs.append((tok.text, self.expr()))
+                elif kwargs:
+                    raise self.fail("a keyword argument (positional arguments come first)")
+                else:
+                    args.append(self.expr())
+                if self.peek().text == ",":
+                    self.take()
+                    if self.peek().text == ")":
+                        raise self.fail("an argument after ','")
+                    continue
+                break
+        self.expect(")")
+        return Call(name.pos, name.text, tuple(args), tuple(kwargs))
+
+
+def parse(source: str) -> Node:
+    """Parse an expression into its tree, or raise ExpressionError pointing at the problem."""
+    return _Parser(source).parse()
+
+
+def refs(node: Node) -> list[str]:
+    """The @names an expression uses, in order of first appearance."""
+    out: list[str] = []
+
+    def walk(n: Node) -> None:
+        if isinstance(n, Ref) and n.name not in out:
+            out.append(n.name)
+        for child in _children(n):
+            walk(child)
+
+    walk(node)
+    return out
+
+
+def _children(n: Node) -> list[Node]:
+    if isinstance(n, Neg):
+        return [n.operand]
+    if isinstance(n, BinOp):
+        return [n.left, n.right]
+    if isinstance(n, Call):
+        return list(n.args) + [v for _, v in n.kwargs]
+    return []
+
+
+def variables(node: Node) -> list[str]:
+    """The bare variables (sweep parameters) an expression uses."""
+    out: list[str] = []
+
+    def walk(n: Node) -> None:
+        if isinstance(n, Var) and n.name not in out:
+            out.append(n.name)
+        for child in _children(n):
+            walk(child)
+
+    walk(node)
+    return out
+
+
+_BINOPS = {"+": algebra.add, "-": algebra.sub, "*": algebra.scale, "/": algebra.div}
+_OP_NAMES = {"+": "add", "-": "sub", "*": "scale", "/": "div"}
+
+
+class Evaluator:
+    """Evaluates a parsed expression; ``lookup(name)`` returns the stored object an @name means."""
+
+    def __init__(self, source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None):
+        self.source = source
+        self.lookup = lookup
+        self.bindings = bindings or {}
+
+    def fail(self, message: str, node: Node) -> ExpressionError:
+        return ExpressionError(message, self.source, node.pos)
+
+    def eval(self, node: Node) -> algebra.Value:
+        try:
+            return self._eval(node)
+        except ExpressionError:
+            raise
+        except StudioError as exc:
+            # a space mismatch and the like: keep its words, add where it happened
+            raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
+
+    def _eval(self, node: Node) -> algebra.Value:
+        if isinstance(node, Num):
+            return node.value
+        if isinstance(node, Ref):
+            try:
+                return self.lookup(node.name)
+            except ExpressionError:
+                raise
+            except StudioError as exc:
+                raise self.fail(str(exc), node) from None
+        if isinstance(node, Var):
+            if node.name not in self.bindings:
+                hint = f" (bound here: {', '.join(self.bindings)})" if self.bindings else ""
+                raise self.fail(f"unknown variable {node.name!r}; stored objects are written @{node.name}{hint}", node)
+            return float(self.bindings[node.name])
+        if isinstance(node, Neg):
+            return self._at(node, algebra.neg, self._eval(node.operand))
+        if isinstance(node, BinOp):
+            return self._at(node, _BINOPS[node.op], self._eval(node.left), self._eval(node.right))
+        if isinstance(node, Call):
+            return self._call(node)
+        raise self.fail("cannot evaluate this", node)
+
+    def _at(self, node: Node, fn: Callable, *args) -> algebra.Value:
+        try:
+            return fn(*args)
+        except ExpressionError:
+            raise
+        except StudioError as exc:
+            raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
+
+    def _call(self, node: Call) -> algebra.Value:
+        f = algebra.FUNCTIONS[node.fn]
+        sig = f.signature(node.fn)
+        args = [self._eval(a) for a in node.args]
+        for key, value_node in node.kwargs:
+            if key not in f.params or f.variadic:
+                raise self.fail(f"{sig} has no parameter {key!r}", value_node)
+            index = f.params.index(key)
+            if index < len(args):
+                raise self.fail(f"{sig} got {key!r} twice", value_node)
+            if len(args) < index:
+                raise self.fail(f"{sig}: give the parameters before {key!r} first", value_node)
+            args.append(self._eval(value_node))
+        lo = 1 if f.variadic else len(f.params) - f.optional
+        hi = None if f.variadic else len(f.params)
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            raise self.fail(f"{sig} takes {lo if lo == hi else f'{lo} to {hi}' if hi else f'at least {lo}'} "
+                            f"argument(s), got {len(args)}", node)
+        return self._at(node, f.fn, *args)
+
+
+def lineage_of(node: Node, source: str, parent_ids: list[str], evaluated_params: dict | None = None) -> Lineage:
+    """The lineage recorded for an expression's result: its top-level op, the parents, the source."""
+    if isinstance(node, Call):
+        op = node.fn
+    elif isinstance(node, BinOp):
+        op = _OP_NAMES[node.op]
+    elif isinstance(node, Neg):
+        op = "scale"
+    else:
+        op = "expr"
+    params = {"expr": source}
+    if isinstance(node, Call):
+        f = algebra.FUNCTIONS[node.fn]
+        for name, arg in zip(f.params, node.args):
+            if isinstance(arg, Num):
+                params[name] = arg.value
+        for name, arg in node.kwargs:
+            if isinstance(arg, Num):
+                params[name] = arg.value
+    params.update(evaluated_params or {})
+    return Lineage(op, params, tuple(parent_ids))
+
+
+def evaluate(source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None):
+    """Parse and evaluate ``source``; returns (value, tree)."""
+    tree = parse(source)
+    return Evaluator(source, lookup, bindings).eval(tree), tree

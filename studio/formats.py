@@ -1,0 +1,194 @@
+"""File formats: the self-describing safetensors file of every stored object, ComfyUI ``.latent``
+files, and PNGs that carry their generation.
+
+Nothing here unpickles: tensors are read with safetensors, headers with ``json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from studio.errors import StudioError
+from studio.objects import Generation, Latent, Lineage, StoredObject, Vector, check_finite
+from studio.space import Space
+
+FORMAT = "latent-studio"
+VERSION = 1
+MAX_HEADER = 16 * 1024 * 1024  # a safetensors header larger than this is not one of ours
+PNG_KEY = "latent-studio"  # text chunk with the readable recipe
+PNG_DATA_KEY = "latent-studio-generation"  # compressed chunk with the generation's file, base64
+
+COMFY_KEY = "latent_tensor"
+COMFY_MARKER = "latent_format_version_0"
+
+
+def _tensor_header(x: Latent | Vector) -> dict[str, Any]:
+    return {"space": x.space.to_json(), "meta": x.meta,
+            "lineage": x.lineage.to_json() if x.lineage else None}
+
+
+def to_bytes(obj: StoredObject, created: float | None = None) -> bytes:
+    """Serialize an object to one safetensors file whose metadata describes it completely."""
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "kind": obj.kind, "id": obj.id,
+                              "created": created, "meta": obj.meta,
+                              "lineage": obj.lineage.to_json() if obj.lineage else None}
+    if isinstance(obj, Generation):
+        tensors = {f"role.{r}": lat.tensor for r, lat in obj.roles.items()}
+        header.update(model=obj.model, settings=obj.settings,
+                      roles={r: _tensor_header(lat) for r, lat in obj.roles.items()})
+    else:
+        tensors = {"tensor": obj.tensor}
+        header["space"] = obj.space.to_json()
+        if isinstance(obj, Vector):
+            header["method"] = obj.method
+    metadata = {FORMAT: json.dumps(header, sort_keys=True)}
+    return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def read_header(data: bytes, what: str = "file") -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob, checking its framing first."""
+    if len(data) < 8:
+        raise StudioError(f"{what} is not a safetensors file (only {len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER or 8 + n > len(data):
+        raise StudioError(f"{what} is not a safetensors file, or it is truncated (header of {n} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudioError(f"{what} is not a safetensors file (unreadable header)") from exc
+    if not isinstance(header, dict):
+        raise StudioError(f"{what} is not a safetensors file (unreadable header)")
+    return header.get("__metadata__") or {}
+
+
+def load_tensors(data: bytes, what: str = "file") -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise StudioError(f"{what} is damaged or truncated: {exc}") from None
+
+
+def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str, Any]]:
+    """Read an object written by ``to_bytes``; returns (object, header). Every check fails cleanly."""
+    meta = read_header(data, what)
+    if FORMAT not in meta:
+        raise StudioError(f"{what} is a safetensors file but not one written by Latent Studio")
+    try:
+        header = json.loads(meta[FORMAT])
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"{what} has an unreadable Latent Studio header") from exc
+    if header.get("format") != FORMAT or not isinstance(header.get("version"), int):
+        raise StudioError(f"{what} has an unreadable Latent Studio header")
+    if header["version"] > VERSION:
+        raise StudioError(f"{what} was written by a newer Latent Studio (format {header['version']})")
+    tensors = load_tensors(data, what)
+    try:
+        obj = _build(header, tensors)
+    except StudioError as exc:
+        raise StudioError(f"{what}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StudioError(f"{what} has a malformed Latent Studio header ({exc!r})") from None
+    if header.get("id") and header["id"] != obj.id:
+        raise StudioError(f"{what} is corrupt: its content does not match its id {header['id'][:12]}")
+    return obj, header
+
+
+def _build(header: dict, tensors: dict[str, torch.Tensor]) -> StoredObject:
+    kind = header["kind"]
+    lineage = Lineage.from_json(header.get("lineage"))
+    if kind == "generation":
+        roles = {}
+        for role, h in header["roles"].items():
+            t = tensors[f"role.{role}"]
+            roles[role] = Latent(t, Space.from_json(h["space"]), h.get("meta") or {},
+                                 Lineage.from_json(h.get("lineage")))
+        return Generation(roles, header["model"], header.get("settings") or {}, header.get("meta") or {}, lineage)
+    space = Space.from_json(header["space"])
+    if kind == "latent":
+        return Latent(tensors["tensor"], space, header.get("meta") or {}, lineage)
+    if kind == "vector":
+        return Vector(tensors["tensor"], space, header.get("method", "unknown"), header.get("meta") or {}, lineage)
+    raise StudioError(f"unknown object kind {kind!r}")
+
+
+def read_file(path: Path) -> tuple[StoredObject, dict[str, Any]]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StudioError(f"cannot read {path}: {exc.strerror}") from None
+    return from_bytes(data, str(path))
+
+
+# ---- ComfyUI interop ------------------------------------------------------------------------------
+
+
+def to_comfy(latent: Latent) -> bytes:
+    """A ComfyUI ``.latent`` file: ``latent_tensor`` [1, C, h, w] (unscaled VAE latent) + the v0 marker."""
+    if latent.space.kind != "vae":
+        raise StudioError(f"only VAE-space latents export to ComfyUI .latent files; this one is in {latent.space}")
+    if latent.meta.get("scale", "unscaled") != "unscaled":
+        raise StudioError("this VAE latent has scaling applied; ComfyUI .latent files hold unscaled latents")
+    return st_save({COMFY_KEY: latent.tensor.unsqueeze(0).contiguous(), COMFY_MARKER: torch.tensor([])})
+
+
+def from_comfy(data: bytes, what: str = "file") -> list[torch.Tensor]:
+    """Tensors [C, h, w] from a ComfyUI ``.latent`` file (one per batch item), unscaled; the caller assigns the space."""
+    read_header(data, what)
+    tensors = load_tensors(data, what)
+    if COMFY_KEY not in tensors:
+        raise StudioError(f"{what} is not a ComfyUI latent file (no '{COMFY_KEY}' tensor)")
+    t = tensors[COMFY_KEY]
+    if t.ndim != 4:
+        raise StudioError(f"{what}: expected a [batch, channels, height, width] latent, got shape {tuple(t.shape)}")
+    if COMFY_MARKER not in tensors:
+        # Files from before the marker store scaled latents; ComfyUI divides by SD1's 0.18215.
+        # Guessing that multiplier is exactly what we refuse to do.
+        raise StudioError(f"{what} is an old-format ComfyUI latent (no '{COMFY_MARKER}' marker) whose scale "
+                          "is unknown; re-save it with a current ComfyUI")
+    t = t.float()
+    check_finite(t, what)
+    return list(t.unbind(0))
+
+
+# ---- PNGs that carry their generation ---------------------------------------------------------------
+
+
+def save_png(image: Image.Image, path: Path, generation: Generation, recipe: dict[str, Any]) -> Path:
+    """Write a PNG whose text chunks carry the readable recipe and the generation itself."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_KEY, json.dumps(recipe, sort_keys=True))
+    info.add_text(PNG_DATA_KEY, base64.b64encode(to_bytes(generation)).decode("ascii"), zip=True)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def read_png(path: Path) -> tuple[Generation, dict[str, Any]]:
+    """The generation and recipe a studio PNG carries."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            text = dict(getattr(im, "text", {}) or {})
+    except (OSError, SyntaxError) as exc:
+        raise StudioError(f"{path} is not a readable PNG: {exc}") from None
+    if PNG_DATA_KEY not in text:
+        raise StudioError(f"{path} was not made by Latent Studio (no recipe in its metadata)")
+    try:
+        data = base64.b64decode(text[PNG_DATA_KEY], validate=True)
+    except ValueError:
+        raise StudioError(f"{path} has a damaged recipe chunk") from None
+    obj, _ = from_bytes(data, f"the generation inside {path}")
+    if not isinstance(obj, Generation):
+        raise StudioError(f"{path} carries a {obj.kind}, not a generation")
+    return obj, json.loads(text.get(PNG_KEY, "{}"))

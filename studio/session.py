@@ -1,0 +1,271 @@
+"""The session facade: the one object the UI, the CLI and scripts call.
+
+It holds the library and the loaded model adapters (loaded lazily, once per spec), and
+turns user requests (sample, evaluate, render, import, export) into library objects and
+PNG files. Importing this module does not import diffusers: adapters load on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from studio import expr, formats
+from studio.errors import StudioError
+from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
+from studio.space import Space
+from studio.store import Library, Record, atomic_write, check_name
+
+DEFAULT_MODEL = "emoji-diffusion"
+MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
+Progress = Callable[[int, int], None]
+
+
+def default_home() -> Path:
+    """``STUDIO_HOME`` if set, else the per-user data folder."""
+    if os.environ.get("STUDIO_HOME"):
+        return Path(os.environ["STUDIO_HOME"]).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("latent-studio", appauthor=False))
+
+
+@dataclass
+class Stored:
+    """An object just stored: its id, the name it got (if any) and the object itself."""
+
+    id: str
+    name: str | None
+    obj: StoredObject
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id[:12]
+
+
+def recipe_of(gen: Generation, object_id: str | None = None) -> dict[str, Any]:
+    """The readable recipe a PNG carries: enough for a person to see how it was made."""
+    return {
+        "studio": "latent-studio", "id": object_id or gen.id, "model": gen.model, "settings": gen.settings,
+        "seed": gen.meta.get("seed"), "prompt": gen.meta.get("prompt"),
+        "spaces": {r: str(s) for r, s in gen.spaces.items()},
+        "lineage": gen.lineage.to_json() if gen.lineage else None,
+    }
+
+
+class Session:
+    """Library + loaded adapters, behind plain-value methods."""
+
+    def __init__(self, home: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None):
+        self.library = Library(home if home is not None else default_home())
+        self.device = device
+        self.dtype = dtype
+        self._adapters: dict[str, Any] = {}
+
+    # ---- models ----
+
+    def adapter(self, spec: str | None = None):
+        """The loaded adapter for a model spec (loaded once per session)."""
+        spec = spec or DEFAULT_MODEL
+        if spec not in self._adapters:
+            from pipelines.registry import load_adapter
+
+            self._adapters[spec] = load_adapter(spec, device=self.device, dtype=self.dtype)
+        return self._adapters[spec]
+
+    @staticmethod
+    def models() -> list[tuple[str, str]]:
+        from pipelines.registry import list_models
+
+        return list_models()
+
+    # ---- sampling ----
+
+    def sample(self, model: str | None = None, prompt: str | None = None, seed: int | None = None,
+               count: int = 1, name: str | None = None, tags: Iterable[str] = (), **settings: Any) -> list[Stored]:
+        """Draw ``count`` generations (seeds seed, seed+1, ...) and store each; returns what was stored."""
+        if not 1 <= count <= MAX_COUNT:
+            raise StudioError(f"count must be between 1 and {MAX_COUNT}, got {count}")
+        if name is not None:
+            check_name(name)
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        if not 0 <= seed < 2**63:
+            raise StudioError(f"seed must be between 0 and 2^63-1, got {seed}")
+        names = [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)] if name else [None] * count
+        for n in names:
+            if n is not None and n in self._names_taken(n):
+                raise StudioError(f"the name {n!r} is taken; pick another name")
+        adapter = self.adapter(model)
+        seeds = [seed + i for i in range(count)]
+        gens = adapter.sample(seeds, [prompt or ""] * count if prompt is not None else None, **settings)
+        tags = list(tags)
+        return [Stored(self.library.put(g, n, tags), n, g) for g, n in zip(gens, names)]
+
+    def _names_taken(self, name: str) -> set[str]:
+        row = self.library.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+        return {name} if row else set()
+
+    # ---- the algebra ----
+
+    def get(self, ref: str) -> StoredObject:
+        return self.library.get(ref)
+
+    def evaluate(self, source: str, name: str | None = None, bindings: dict[str, float] | None = None,
+                 scope: dict[str, Stored] | None = None, store: bool = True, tags: Iterable[str] = ()) -> Stored:
+        """Evaluate an expression over stored objects; store the result with its lineage."""
+        if name is not None:
+            check_name(name)
+        tree = expr.parse(source)
+        scope = scope or {}
+        ids: dict[str, str] = {}
+
+        def lookup(ref: str) -> StoredObject:
+            if ref in scope:
+                ids[ref] = scope[ref].id
+                return scope[ref].obj
+            ids[ref] = self.library.resolve(ref)
+            return self.library.get(ids[ref])
+
+        value = expr.Evaluator(source, lookup, bindings).eval(tree)
+        if isinstance(value, (int, float)):
+            raise StudioError(f"'{source}' gives the number {value:g}, not a latent; use @name to refer to stored objects")
+        if isinstance(tree, expr.Ref):  # a bare reference: the object itself
+            object_id = ids[tree.name]
+            if store and name:
+                self.library.name(object_id, name)
+            return Stored(object_id, name, value)
+        params = dict(bindings or {})
+        value.lineage = expr.lineage_of(tree, source, [ids[r] for r in expr.refs(tree)], params)
+        if not store:
+            return Stored(value.id, None, value)
+        return Stored(self.library.put(value, name, tags), name, value)
+
+    def check_expression(self, source: str, bindings: dict[str, float] | None = None) -> str:
+        """Parse and resolve an expression without storing; returns a description of the result."""
+        return describe_value(self.evaluate(source, bindings=bindings, store=False).obj)
+
+    # ---- rendering ----
+
+    def render(self, gens: list[Generation], progress: Progress | None = None) -> list[Image.Image]:
+        """Pictures for generations, batched per model."""
+        images: list[Image.Image | None] = [None] * len(gens)
+        by_model: dict[str, list[int]] = {}
+        for i, g in enumerate(gens):
+            if not isinstance(g, Generation):
+                raise StudioError(f"only generations can be rendered; got a {g.kind} (in {g.space})")
+            by_model.setdefault(g.model, []).append(i)
+        for model, idx in by_model.items():
+            for i, im in zip(idx, self.adapter(model).render([gens[i] for i in idx], progress)):
+                images[i] = im
+        return images  # type: ignore[return-value]
+
+    def render_to(self, items: list[Stored], out: str | os.PathLike, progress: Progress | None = None,
+                  filenames: list[str] | None = None) -> list[Path]:
+        """Render stored generations into PNGs (named by label) that carry their generation."""
+        out_dir = Path(out)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudioError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
+        gens = [self._as_generation(s.obj) for s in items]
+        images = self.render(gens, progress)
+        paths = []
+        for k, (s, g, im) in enumerate(zip(items, gens, images)):
+            path = out_dir / (filenames[k] if filenames else f"{s.label}.png")
+            paths.append(formats.save_png(im, path, g, recipe_of(g, s.id)))
+        return paths
+
+    def render_refs(self, refs: list[str], out: str | os.PathLike, progress: Progress | None = None) -> list[Path]:
+        items = []
+        for ref in refs:
+            object_id = self.library.resolve(ref)
+            names = self.library.names_of(object_id)
+            items.append(Stored(object_id, names[0] if names else None, self.library.get(object_id)))
+        return self.render_to(items, out, progress)
+
+    def _as_generation(self, obj: StoredObject) -> Generation:
+        if isinstance(obj, Generation):
+            return obj
+        if isinstance(obj, Vector):
+            raise StudioError(f"a vector has no picture of its own; add it to a generation (e.g. @scene + 0.8 * @vector)")
+        raise StudioError(f"a lone {obj.space.kind} latent has no picture; render a generation that uses it")
+
+    # ---- files in and out ----
+
+    def export(self, ref: str, path: str | os.PathLike) -> Path:
+        """Export to ``.safetensors`` (our self-describing file) or ``.latent`` (ComfyUI, VAE latents)."""
+        obj = self.library.get(ref)
+        path = Path(path)
+        if path.suffix == ".latent":
+            if not isinstance(obj, Latent):
+                raise StudioError(f"only VAE-space latents export to ComfyUI .latent files; {ref} is a {obj.kind}")
+            data = formats.to_comfy(obj)
+        elif path.suffix == ".safetensors":
+            data = formats.to_bytes(obj)
+        else:
+            raise StudioError(f"unknown export format {path.suffix or '(none)'!r}: use .safetensors or .latent")
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            raise StudioError(f"cannot write {path}: {exc.strerror}") from None
+        return path
+
+    def import_file(self, path: str | os.PathLike, name: str | None = None, model: str | None = None) -> list[Stored]:
+        """Import a Latent Studio ``.safetensors`` file, a ComfyUI ``.latent`` or a studio PNG."""
+        path = Path(path)
+        if name is not None:
+            check_name(name)
+        if not path.is_file():
+            raise StudioError(f"no such file: {path}")
+        if path.suffix.lower() == ".png":
+            gen, _ = formats.read_png(path)
+            return [Stored(self.library.put(gen, name), name, gen)]
+        data = path.read_bytes()
+        if path.suffix == ".latent":
+            tensors = formats.from_comfy(data, str(path))
+            if model is None:
+                raise StudioError("a ComfyUI .latent file does not say which VAE made it; "
+                                  "name the model with --model so its VAE space can be assigned")
+            adapter = self.adapter(model)
+            h, w = tensors[0].shape[-2:]
+            space: Space = adapter.vae_space(h * adapter.vae_scale, w * adapter.vae_scale)
+            out = []
+            for i, t in enumerate(tensors):
+                if tuple(t.shape) != space.shape:
+                    raise StudioError(f"{path}: latent of shape {tuple(t.shape)} does not fit {space}")
+                lat = Latent(t, space, {"model": adapter.spec, "scale": "unscaled", "source": path.name},
+                             Lineage("import", {"file": path.name, "format": "comfyui"}))
+                n = name if len(tensors) == 1 else (f"{name}-{i + 1}" if name else None)
+                out.append(Stored(self.library.put(lat, n), n, lat))
+            return out
+        obj, _ = formats.from_bytes(data, str(path))
+        if obj.lineage:
+            missing = [p for p in obj.lineage.parents if not self.library.exists(p)]
+            if missing:  # lineage that points outside this library is kept as a note, not as links
+                obj.lineage = Lineage(obj.lineage.op, {**obj.lineage.params, "foreign_parents": list(obj.lineage.parents)})
+        return [Stored(self.library.put(obj, name), name, obj)]
+
+    # ---- looking ----
+
+    def describe(self, ref: str) -> dict[str, Any]:
+        """Everything ``latents show`` prints: the index record, the file header, parents with names."""
+        rec: Record = self.library.record(ref)
+        header = self.library.header(rec.id)
+        parents = [{"id": p, "names": self.library.names_of(p)} for p in self.library.parents(rec.id)]
+        lineage = header.get("lineage") or {}
+        return {**rec.to_json(), "meta": header.get("meta", {}), "settings": header.get("settings"),
+                "lineage": {"op": lineage.get("op"), "params": lineage.get("params", {}), "parents": parents},
+                "children": self.library.children(rec.id), "path": str(self.library.path_of(rec.id))}
+
+
+def describe_value(value: StoredObject) -> str:
+    if isinstance(value, Generation):
+        return f"generation of {value.model}: " + ", ".join(f"{r} {s}" for r, s in value.spaces.items())
+    return f"{value.kind} in {value.space}"

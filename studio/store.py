@@ -1,0 +1,348 @@
+"""The library: one self-describing safetensors file per object plus an SQLite index.
+
+Files are named by content id and written atomically (temp file, fsync, rename); the index
+(names, tags, lineage) changes in transactions, after the file is safely on disk. A crash
+between the two leaves an orphan file and no dangling entry; ``reindex`` adopts orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio import formats
+from studio.errors import StudioError
+from studio.objects import Generation, StoredObject
+
+NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$")
+MIN_PREFIX = 4  # an id prefix shorter than this is never taken as a reference
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT, spaces TEXT NOT NULL,
+    op TEXT, created REAL NOT NULL, summary TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, id TEXT NOT NULL REFERENCES objects(id));
+CREATE INDEX IF NOT EXISTS names_by_id ON names(id);
+CREATE TABLE IF NOT EXISTS tags (id TEXT NOT NULL REFERENCES objects(id), tag TEXT NOT NULL, PRIMARY KEY (id, tag));
+CREATE TABLE IF NOT EXISTS parents (child TEXT NOT NULL, parent TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (child, position));
+CREATE INDEX IF NOT EXISTS parents_by_parent ON parents(parent);
+"""
+
+
+def check_name(name: str) -> str:
+    """Names are identifiers, never paths: letters, digits, '_', '.', '-', starting with a letter or '_'."""
+    if not isinstance(name, str) or not NAME_RULE.match(name):
+        raise StudioError(
+            f"invalid name {name!r}: use up to 64 letters, digits, '_', '.' or '-', starting with a letter or '_'"
+        )
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not TAG_RULE.match(tag):
+        raise StudioError(f"invalid tag {tag!r}: use up to 64 letters, digits, '_', '.', ':' or '-'")
+    return tag
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the index: what ``latents ls`` shows without opening any file."""
+
+    id: str
+    kind: str
+    model: str | None
+    spaces: dict[str, str]  # role (or "tensor") -> str(space)
+    op: str | None
+    created: float
+    names: tuple[str, ...]
+    tags: tuple[str, ...]
+    summary: dict[str, Any]  # seed, prompt, method...
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def label(self) -> str:
+        return self.names[0] if self.names else self.short_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "model": self.model, "spaces": self.spaces, "op": self.op,
+                "created": self.created, "names": list(self.names), "tags": list(self.tags), **self.summary}
+
+
+def _spaces_of(obj: StoredObject) -> dict[str, str]:
+    if isinstance(obj, Generation):
+        return {role: str(lat.space) for role, lat in obj.roles.items()}
+    return {obj.kind: str(obj.space)}
+
+
+def _summary_of(obj: StoredObject) -> dict[str, Any]:
+    keep = ("seed", "prompt", "method")
+    out = {k: v for k, v in obj.meta.items() if k in keep}
+    if getattr(obj, "method", None):
+        out["method"] = obj.method
+    if obj.lineage and "expr" in obj.lineage.params:
+        out["expr"] = obj.lineage.params["expr"]
+    return out
+
+
+def _model_of(obj: StoredObject) -> str | None:
+    return obj.model if isinstance(obj, Generation) else obj.meta.get("model")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes so that ``path`` holds either the old content or all of the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Library:
+    """The persistent collection of latents, generations and vectors under one folder."""
+
+    def __init__(self, home: str | os.PathLike):
+        self.home = Path(home).expanduser()
+        self.objects_dir = self.home / "objects"
+        try:
+            self.objects_dir.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.home / "index.sqlite", isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StudioError(f"cannot open the library at {self.home}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- paths and transactions ----
+
+    def path_of(self, object_id: str) -> Path:
+        return self.objects_dir / object_id[:2] / f"{object_id}.safetensors"
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # ---- writing ----
+
+    def put(self, obj: StoredObject, name: str | None = None, tags: Iterable[str] = ()) -> str:
+        """Store an object (once per content id), then name and tag it; returns its id."""
+        if name is not None:
+            check_name(name)
+        tags = [check_tag(t) for t in tags]
+        object_id = obj.id
+        if name is not None:
+            owner = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+            if owner and owner[0] != object_id:
+                raise StudioError(f"the name {name!r} already refers to {owner[0][:12]}; "
+                                  f"pick another name or remove it first (studio latents rm {name})")
+        for parent in obj.lineage.parents if obj.lineage else ():
+            if not self.exists(parent):
+                raise StudioError(f"parent {parent[:12]} of this object is not in the library")
+        created = time.time()
+        path = self.path_of(object_id)
+        if not self.exists(object_id):
+            atomic_write(path, formats.to_bytes(obj, created))
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO objects(id, kind, model, spaces, op, created, summary) VALUES (?,?,?,?,?,?,?)",
+                (object_id, obj.kind, _model_of(obj), json.dumps(_spaces_of(obj)),
+                 obj.lineage.op if obj.lineage else None, created, json.dumps(_summary_of(obj))),
+            )
+            if obj.lineage:
+                db.executemany("INSERT OR IGNORE INTO parents(child, parent, position) VALUES (?,?,?)",
+                               [(object_id, p, i) for i, p in enumerate(obj.lineage.parents)])
+            if name is not None:
+                db.execute("INSERT OR IGNORE INTO names(name, id) VALUES (?, ?)", (name, object_id))
+            db.executemany("INSERT OR IGNORE INTO tags(id, tag) VALUES (?, ?)", [(object_id, t) for t in tags])
+        return object_id
+
+    def name(self, ref: str, name: str) -> str:
+        object_id = self.resolve(ref)
+        check_name(name)
+        owner = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+        if owner and owner[0] != object_id:
+            raise StudioError(f"the name {name!r} already refers to {owner[0][:12]}")
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO names(name, id) VALUES (?, ?)", (name, object_id))
+        return object_id
+
+    def tag(self, ref: str, tag: str) -> str:
+        object_id = self.resolve(ref)
+        check_tag(tag)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO tags(id, tag) VALUES (?, ?)", (object_id, tag))
+        return object_id
+
+    def untag(self, ref: str, tag: str) -> str:
+        object_id = self.resolve(ref)
+        with self._tx() as db:
+            db.execute("DELETE FROM tags WHERE id = ? AND tag = ?", (object_id, tag))
+        return object_id
+
+    def remove(self, ref: str) -> str:
+        """Forget an object: its index rows, then its file. Children keep their lineage ids."""
+        object_id = self.resolve(ref)
+        with self._tx() as db:
+            for table, column in (("names", "id"), ("tags", "id"), ("parents", "child"), ("objects", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (object_id,))
+        self.path_of(object_id).unlink(missing_ok=True)
+        return object_id
+
+    # ---- reading ----
+
+    def exists(self, object_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM objects WHERE id = ?", (object_id,)).fetchone() is not None
+
+    def resolve(self, ref: str) -> str:
+        """The id a reference means: ``@name``, ``name``, or a unique id prefix (at least 4 hex digits)."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise StudioError("empty reference; give a name or an id prefix")
+        key = ref[1:] if ref.startswith("@") else ref
+        row = self.db.execute("SELECT id FROM names WHERE name = ?", (key,)).fetchone()
+        if row:
+            return row[0]
+        if re.fullmatch(r"[0-9a-f]+", key) and len(key) >= MIN_PREFIX:
+            rows = self.db.execute("SELECT id FROM objects WHERE id >= ? AND id < ? LIMIT 3",
+                                   (key, key + "g")).fetchall()
+            if len(rows) == 1:
+                return rows[0][0]
+            if len(rows) > 1:
+                raise StudioError(f"id prefix {key!r} is ambiguous ({len(rows)}+ objects match); give more digits")
+        raise StudioError(f"no stored object is named or has an id starting with {key!r} "
+                          f"(see 'studio latents ls')")
+
+    def get(self, ref: str) -> StoredObject:
+        object_id = self.resolve(ref)
+        obj, _ = formats.read_file(self.path_of(object_id))
+        return obj
+
+    def header(self, ref: str) -> dict[str, Any]:
+        object_id = self.resolve(ref)
+        _, header = formats.read_file(self.path_of(object_id))
+        return header
+
+    def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
+           space: str | None = None, text: str | None = None, limit: int | None = None,
+           ids: list[str] | None = None) -> list[Record]:
+        """Index rows, newest first, filtered without opening a single object file."""
+        where, args = [], []
+        if ids is not None:
+            where.append(f"o.id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if kind:
+            where.append("o.kind = ?")
+            args.append(kind)
+        if model:
+            where.append("o.model = ?")
+            args.append(model)
+        if space:
+            where.append("o.spaces LIKE ?")
+            args.append(f"%{space}%")
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM tags t2 WHERE t2.id = o.id AND t2.tag = ?)")
+            args.append(tag)
+        if text:
+            where.append("(o.summary LIKE ? OR o.id LIKE ? OR EXISTS "
+                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ?))")
+            args += [f"%{text}%", f"{text}%", f"%{text}%"]
+        sql = ("SELECT o.id, o.kind, o.model, o.spaces, o.op, o.created, o.summary, "
+               "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
+               "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "
+               "FROM objects o" + (" WHERE " + " AND ".join(where) if where else "") +
+               " ORDER BY o.created DESC, o.id" + (f" LIMIT {int(limit)}" if limit else ""))
+        return [Record(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5],
+                       tuple(sorted(r[7].split("\x1f"))) if r[7] else (),
+                       tuple(sorted(r[8].split("\x1f"))) if r[8] else (), json.loads(r[6]))
+                for r in self.db.execute(sql, args)]
+
+    def record(self, ref: str) -> Record:
+        return self.ls(ids=[self.resolve(ref)])[0]
+
+    def parents(self, ref: str) -> list[str]:
+        object_id = self.resolve(ref)
+        return [r[0] for r in self.db.execute(
+            "SELECT parent FROM parents WHERE child = ? ORDER BY position", (object_id,))]
+
+    def children(self, ref: str) -> list[str]:
+        object_id = self.resolve(ref)
+        return [r[0] for r in self.db.execute("SELECT child FROM parents WHERE parent = ?", (object_id,))]
+
+    def names_of(self, object_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM names WHERE id = ? ORDER BY name", (object_id,))]
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
+
+    # ---- upkeep ----
+
+    def check(self) -> list[str]:
+        """Open every indexed file and verify it; returns the problems found (empty when healthy)."""
+        problems = []
+        for (object_id,) in self.db.execute("SELECT id FROM objects").fetchall():
+            try:
+                obj, _ = formats.read_file(self.path_of(object_id))
+                if obj.id != object_id:
+                    problems.append(f"{object_id[:12]}: content does not match its id")
+            except StudioError as exc:
+                problems.append(f"{object_id[:12]}: {exc}")
+        return problems
+
+    def reindex(self) -> int:
+        """Adopt object files that are on disk but not indexed (left by a crash); returns how many."""
+        adopted = 0
+        for path in self.objects_dir.glob("*/*.safetensors"):
+            object_id = path.stem
+            if self.exists(object_id):
+                continue
+            try:
+                obj, _ = formats.read_file(path)
+            except StudioError:
+                continue
+            if obj.id == object_id:
+                with self._tx() as db:
+                    db.execute("INSERT OR IGNORE INTO objects(id, kind, model, spaces, op, created, summary) "
+                               "VALUES (?,?,?,?,?,?,?)",
+                               (object_id, obj.kind, _model_of(obj), json.dumps(_spaces_of(obj)),
+                                obj.lineage.op if obj.lineage else None, path.stat().st_mtime,
+                                json.dumps(_summary_of(obj))))
+                adopted += 1
+        for tmp in self.objects_dir.glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return adopted
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
