@@ -66,7 +66,7 @@ def _generation_op(name: str, gs: list[Generation], per_role: Callable[[str, lis
     for g in gs[1:]:
         if set(g.roles) != roles:
             raise SpaceMismatch(
-                f"cannot {name} generations with different roles: {describe(gs[0])} and {describe(g)}"
+                f"cannot {name} generations of two different spaces: {describe(gs[0])} and {describe(g)}"
             )
     out = {role: per_role(role, [g.roles[role] for g in gs]) for role in gs[0].roles}
     first = gs[0]
@@ -177,12 +177,24 @@ def mean(*xs: Value) -> Value:
     raise StudioError("mean needs arguments of one type: " + ", ".join(describe(x) for x in xs))
 
 
-def normalize(x: Value, norm: Value = 1.0) -> Value:
-    """Rescale a latent or vector to the given L2 norm (1 by default)."""
-    norm = _number(norm, "normalize's norm")
+def normalize(x: Value, norm: Value | None = None) -> Value:
+    """Rescale to an L2 norm: by default sqrt(numel) in Gaussian spaces (a fresh draw's norm), 1 elsewhere.
+
+    On a generation only the Gaussian roles (noise, z) are rescaled: the usual fix after mean().
+    """
+    if norm is not None:
+        norm = _number(norm, "normalize's norm")
+
+    def one(lat: Latent | Vector) -> Latent | Vector:
+        target = norm if norm is not None else (math.sqrt(lat.tensor.numel()) if lat.space.gaussian else 1.0)
+        return _tensor_op(ops.normalize, [lat], target)
+
+    if isinstance(x, Generation):
+        roles = {r: (one(lat) if lat.space.gaussian else lat) for r, lat in x.roles.items()}
+        return Generation(roles, x.model, dict(x.settings), {})
     if not isinstance(x, (Latent, Vector)):
-        raise StudioError(f"normalize needs a latent or a vector, got {describe(x)}")
-    return _tensor_op(ops.normalize, [x], norm)
+        raise StudioError(f"normalize needs a latent, a vector or a generation, got {describe(x)}")
+    return one(x)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def progress_bar(desc: str, enabled: bool = True):
         if bar is None or bar.total != total:
             if bar is not None:
                 bar.close()
-            bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+            bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, disable=None)
         bar.n = done
         bar.refresh()
 
@@ -154,6 +154,23 @@ def eval_(ctx, expression, name, tags, out, as_json):
         with progress_bar("render", not as_json) as cb:
             paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
     _print_stored([stored], as_json, paths)
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", default=None, help=f"Model whose VAE encodes (default: {DEFAULT_MODEL}).")
+@click.option("--name", default=None, help="Name to store the latent under.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def encode(ctx, image, model, name, as_json):
+    """Encode IMAGE into a model's VAE latent space (unscaled) and store it.
+
+    \b
+    Example:
+      studio encode photo.png --model tiny-sd --name photo
+      studio latents export photo photo.latent     # for ComfyUI
+    """
+    _print_stored([_session(ctx).encode_image(image, model, name)], as_json)
 
 
 @main.command()

@@ -19,6 +19,11 @@ class ExpressionError(StudioError):
         self.source = source
         self.position = position
         if source and position is not None:
-            caret = " " * position + "^"
-            message = f"{message} at position {position + 1}\n  {source}\n  {caret}"
+            message = f"{message} at position {position + 1} of '{source}'"
         super().__init__(message)
+
+    def pointer(self) -> str:
+        """Two lines showing the expression and a caret under the position (for UIs)."""
+        if not self.source or self.position is None:
+            return ""
+        return f"{self.source}\n{' ' * self.position}^"

@@ -268,13 +268,7 @@ class Evaluator:
         return ExpressionError(message, self.source, node.pos)
 
     def eval(self, node: Node) -> algebra.Value:
-        try:
-            return self._eval(node)
-        except ExpressionError:
-            raise
-        except StudioError as exc:
-            # a space mismatch and the like: keep its words, add where it happened
-            raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
+        return self._eval(node)
 
     def _eval(self, node: Node) -> algebra.Value:
         if isinstance(node, Num):
@@ -300,6 +294,7 @@ class Evaluator:
         raise self.fail("cannot evaluate this", node)
 
     def _at(self, node: Node, fn: Callable, *args) -> algebra.Value:
+        """Apply an op; a space mismatch and the like keeps its words and gains where it happened."""
         try:
             return fn(*args)
         except ExpressionError:

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -140,7 +140,7 @@ class Generation:
         return replace(self, roles=roles, lineage=lineage, meta={**self.meta, **meta})
 
 
-StoredObject = Union[Latent, Generation, Vector]
+StoredObject = Latent | Generation | Vector
 
 
 def now() -> float:

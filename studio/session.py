@@ -100,17 +100,15 @@ class Session:
             raise StudioError(f"seed must be between 0 and 2^63-1, got {seed}")
         names = [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)] if name else [None] * count
         for n in names:
-            if n is not None and n in self._names_taken(n):
-                raise StudioError(f"the name {n!r} is taken; pick another name")
+            if n is not None and self.library.db.execute("SELECT 1 FROM names WHERE name = ?", (n,)).fetchone():
+                raise StudioError(f"the name {n!r} is taken; pick another name or remove it first")
         adapter = self.adapter(model)
         seeds = [seed + i for i in range(count)]
         gens = adapter.sample(seeds, [prompt or ""] * count if prompt is not None else None, **settings)
+        for g in gens:
+            g.lineage = g.lineage or Lineage("sample", {k: g.meta[k] for k in ("seed", "prompt") if k in g.meta})
         tags = list(tags)
         return [Stored(self.library.put(g, n, tags), n, g) for g, n in zip(gens, names)]
-
-    def _names_taken(self, name: str) -> set[str]:
-        row = self.library.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
-        return {name} if row else set()
 
     # ---- the algebra ----
 
@@ -194,7 +192,7 @@ class Session:
         if isinstance(obj, Generation):
             return obj
         if isinstance(obj, Vector):
-            raise StudioError(f"a vector has no picture of its own; add it to a generation (e.g. @scene + 0.8 * @vector)")
+            raise StudioError("a vector has no picture of its own; add it to a generation (e.g. @scene + 0.8 * @vector)")
         raise StudioError(f"a lone {obj.space.kind} latent has no picture; render a generation that uses it")
 
     # ---- files in and out ----
@@ -235,7 +233,7 @@ class Session:
                                   "name the model with --model so its VAE space can be assigned")
             adapter = self.adapter(model)
             h, w = tensors[0].shape[-2:]
-            space: Space = adapter.vae_space(h * adapter.vae_scale, w * adapter.vae_scale)
+            space: Space = adapter.vae_space(h * adapter.scale, w * adapter.scale)
             out = []
             for i, t in enumerate(tensors):
                 if tuple(t.shape) != space.shape:
@@ -252,6 +250,16 @@ class Session:
                 obj.lineage = Lineage(obj.lineage.op, {**obj.lineage.params, "foreign_parents": list(obj.lineage.parents)})
         return [Stored(self.library.put(obj, name), name, obj)]
 
+    def encode_image(self, path: str | os.PathLike, model: str | None = None, name: str | None = None) -> Stored:
+        """Encode a picture into the model's VAE space (unscaled) and store it."""
+        if name is not None:
+            check_name(name)
+        image = open_image(path)
+        adapter = self.adapter(model)
+        (lat,) = adapter.encode([image])
+        lat.lineage = Lineage("encode", {"file": Path(path).name})
+        return Stored(self.library.put(lat, name), name, lat)
+
     # ---- looking ----
 
     def describe(self, ref: str) -> dict[str, Any]:
@@ -263,6 +271,22 @@ class Session:
         return {**rec.to_json(), "meta": header.get("meta", {}), "settings": header.get("settings"),
                 "lineage": {"op": lineage.get("op"), "params": lineage.get("params", {}), "parents": parents},
                 "children": self.library.children(rec.id), "path": str(self.library.path_of(rec.id))}
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB picture from a file, refusing what is not an image or is absurdly large."""
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise StudioError(f"{path} is {im.width}x{im.height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise StudioError(f"no such file: {path}") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise StudioError(f"{path} is not a readable image: {exc}") from None
 
 
 def describe_value(value: StoredObject) -> str:

@@ -1,0 +1,91 @@
+"""Small helpers the adapters share: weight fingerprints, pixel conversion, settings grouping."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from studio.errors import StudioError
+
+
+def weight_sample(module: nn.Module, n_values: int = 512) -> bytes:
+    """A few KB of a module's weights (first and last tensors), as fp16 bytes.
+
+    fp16 so that fp32 and fp16 copies of the same weights give the same fingerprint.
+    """
+    params = [p for p in module.parameters() if p.numel()]
+    picked = [params[0], params[-1]] if params else []
+    return b"".join(
+        p.detach().flatten()[:n_values].to("cpu", torch.float16).numpy().tobytes() for p in picked
+    )
+
+
+def public_config(config: Any, keys: list[str] | None = None) -> dict:
+    """A component's config as a plain dict, without private (``_``) entries; only ``keys`` if given."""
+    data = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    if keys is not None:
+        return {k: data.get(k) for k in keys}
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[N, 3, H, W] in [-1, 1] -> RGB uint8 pictures."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a) for a in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """An RGB picture -> [3, H, W] float32 in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
+
+
+def batches(keys: list[dict], max_batch: int):
+    """Yield (key, indices): items with identical keys (e.g. render settings), at most max_batch per batch."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(i)
+    for key, indices in groups.items():
+        for start in range(0, len(indices), max_batch):
+            yield json.loads(key), indices[start : start + max_batch]
+
+
+def check_number(settings: dict, name: str, low: float, high: float, integer: bool = False) -> None:
+    """Refuse a setting that is not a number in [low, high]."""
+    value = settings.get(name)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "an integer" if integer else "a number"
+        raise StudioError(f"setting {name}={value!r} must be {what} between {low} and {high}")
+
+
+def check_prompts(seeds: list[int], prompts: list[str] | None) -> list[str]:
+    """One prompt per seed ("" when none are given); a single prompt pairs with every seed."""
+    if not seeds:
+        raise StudioError("sampling needs at least one seed")
+    prompts = [""] if prompts is None else list(prompts)
+    if len(prompts) == 1:
+        prompts = prompts * len(seeds)
+    if len(prompts) != len(seeds):
+        raise StudioError(
+            f"got {len(prompts)} prompts for {len(seeds)} seeds; give one prompt, or one per seed"
+        )
+    return prompts
+
+
+def offline_error(spec: str, exc: Exception) -> StudioError:
+    """One sentence for a model that cannot be found locally: an invalid name, or a hub id not in the cache."""
+    if type(exc).__name__ == "HFValidationError":
+        return StudioError(
+            f"unknown model {spec!r}: not a built-in model, an existing folder or checkpoint file, "
+            "nor a valid Hugging Face repo id"
+        )
+    return StudioError(
+        f"model {spec!r} is not available offline: not in the local Hugging Face cache and the hub "
+        f"cannot be reached ({type(exc).__name__})"
+    )

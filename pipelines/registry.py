@@ -1,0 +1,114 @@
+"""Model specs -> loaded adapters: built-in names, local folders, checkpoint files, hub ids (offline by default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.base import PipelineAdapter
+from studio.errors import StudioError
+
+EMBEDDED = Path(__file__).parent / "embedded"  # where the shipped emoji models live
+BUILTIN = {
+    "emoji-diffusion": "small text-to-image diffusion model trained on openly licensed emoji art (embedded)",
+    "emoji-gan": "small StyleGAN-style generator trained on openly licensed emoji art (embedded)",
+    "tiny-sd": "tiny random-weight Stable Diffusion pipeline for tests (64x64, no download)",
+    "tiny-gan": "tiny random-weight StyleGAN-style generator for tests (32x32, no download)",
+}
+
+
+def list_models() -> list[tuple[str, str]]:
+    """The models the studio knows by name, with one-line descriptions."""
+    return list(BUILTIN.items())
+
+
+def folder_kind(folder: Path) -> str | None:
+    """'diffusion' for a diffusers folder, 'gan' for our StyleGAN folder, None otherwise."""
+    if (folder / "model_index.json").is_file():
+        return "diffusion"
+    from pipelines.stylegan import ARCHITECTURE
+
+    try:
+        if json.loads((folder / "config.json").read_text()).get("architecture") == ARCHITECTURE:
+            return "gan"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def _load_folder(folder: Path, spec: str, device: str | None, dtype: str | None) -> PipelineAdapter:
+    kind = folder_kind(folder)
+    if kind == "diffusion":
+        from pipelines.diffusion import DiffusionAdapter
+
+        return DiffusionAdapter.from_pretrained(folder, device, dtype, spec=spec)
+    if kind == "gan":
+        from pipelines.gan import GanAdapter
+
+        return GanAdapter.from_folder(folder, spec=spec, device=device, dtype=dtype)
+    raise StudioError(
+        f"folder {str(folder)!r} holds neither a diffusers model (model_index.json) nor a studio GAN (config.json)"
+    )
+
+
+def _load_hub(spec: str, device: str | None, dtype: str | None, download: bool) -> PipelineAdapter:
+    """A hub id: find its snapshot in the local cache (or download it if allowed), then load by content."""
+    from huggingface_hub import snapshot_download
+
+    from pipelines.common import offline_error
+
+    if download:  # let diffusers pick the files it needs; fall back to a GAN repo
+        from pipelines.diffusion import DiffusionAdapter
+
+        try:
+            return DiffusionAdapter.from_pretrained(spec, device, dtype, download=True)
+        except StudioError:
+            from pipelines.gan import GanAdapter
+
+            return GanAdapter.from_pretrained(spec, download=True, device=device, dtype=dtype)
+    try:
+        folder = Path(snapshot_download(spec, local_files_only=True))
+    except Exception as exc:  # not cached, or not even a valid repo id: no network wait either way
+        raise offline_error(spec, exc) from exc
+    if folder_kind(folder) == "diffusion":  # by id, so diffusers resolves the snapshot's files itself
+        from pipelines.diffusion import DiffusionAdapter
+
+        return DiffusionAdapter.from_pretrained(spec, device, dtype)
+    return _load_folder(folder, spec, device, dtype)
+
+
+def load_adapter(
+    spec: str, device: str | None = None, dtype: str | None = None, download: bool = False
+) -> PipelineAdapter:
+    """Turn a model spec into a loaded adapter: a built-in name, a folder, a .safetensors/.ckpt file or a hub id.
+
+    Hub ids load from the local Hugging Face cache only, unless ``download`` is true.
+    """
+    if spec == "tiny-sd":
+        from pipelines.diffusion import DiffusionAdapter
+        from pipelines.tiny import build_tiny_sd
+
+        return DiffusionAdapter(build_tiny_sd(), "tiny-sd", device, dtype)
+    if spec == "tiny-gan":
+        from pipelines.tiny import build_tiny_gan
+
+        return build_tiny_gan(device, dtype)
+    if spec in ("emoji-diffusion", "emoji-gan"):
+        folder = EMBEDDED / spec
+        if not folder.is_dir():
+            raise StudioError(
+                f"the embedded weights of {spec!r} are not installed (expected the folder {folder})"
+            )
+        return _load_folder(folder, spec, device, dtype)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_folder(path, spec, device, dtype)
+    if path.suffix in (".safetensors", ".ckpt"):
+        if not path.is_file():
+            raise StudioError(f"checkpoint file {spec!r} does not exist")
+        from pipelines.diffusion import DiffusionAdapter
+
+        return DiffusionAdapter.from_single_file(path, device, dtype, download=download)
+    if spec.startswith((".", "/", "~")) or "\\" in spec:
+        raise StudioError(f"model folder {spec!r} does not exist")
+    return _load_hub(spec, device, dtype, download)

@@ -1,0 +1,270 @@
+"""A compact StyleGAN2-style generator and discriminator in plain torch, stored as config.json + safetensors.
+
+Mapping z -> w (MLP, tracked ``w_avg`` for truncation), synthesis w -> image (learned 4x4
+constant, modulated/demodulated convs, per-layer noise, toRGB skips), after Karras et al.,
+"Analyzing and Improving the Image Quality of StyleGAN" (2020). Simplifications: bilinear
+upsampling instead of FIR filters, one w for every layer unless a [N, num_ws, w_dim] is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from studio.errors import StudioError
+
+ARCHITECTURE = "latent-studio-stylegan2"  # the marker in config.json that says "this folder is our GAN"
+
+
+@dataclass
+class GeneratorConfig:
+    """What defines a generator; written to config.json next to the weights."""
+
+    z_dim: int = 512  # input latent size; z ~ N(0, I)
+    w_dim: int = 512  # intermediate latent size; the space where edits are most linear
+    mapping_layers: int = 8  # depth of the z -> w MLP; deeper disentangles more, trains slower
+    resolution: int = 64  # output side in pixels, a power of two >= 4
+    channel_base: int = 8192  # channels at resolution r are channel_base // r ...
+    channel_max: int = 256  # ... capped here, so low resolutions do not explode in width
+    img_channels: int = 3  # RGB
+    mapping_lr_mul: float = 0.01  # slower learning rate for the mapping MLP, as in StyleGAN
+    w_avg_beta: float = 0.995  # decay of the running mean of w tracked during training (truncation centre)
+    noise_seed: int = 0  # seeds the fixed per-layer noise, so rendering is reproducible
+
+    def channels(self, res: int) -> int:
+        """Feature channels at resolution ``res``."""
+        return min(self.channel_base // res, self.channel_max)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    def __post_init__(self):
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise StudioError(f"GAN resolution must be a power of two >= 4, not {self.resolution}")
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalized learning rate (weights scaled at run time, not at init)."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, act: bool = False
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full([out_dim], float(bias_init) / lr_mul))
+        self.scale, self.lr_mul, self.act = lr_mul / math.sqrt(in_dim), lr_mul, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+        return F.leaky_relu(x, 0.2) * math.sqrt(2) if self.act else x
+
+
+class MappingNetwork(nn.Module):
+    """z -> w: normalize z by its second moment, then an MLP; tracks ``w_avg`` for truncation."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        dims = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
+        self.layers = nn.Sequential(
+            *[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, act=True) for a, b in pairwise(dims)]
+        )
+        self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+        self.w_avg_beta = cfg.w_avg_beta
+
+    def forward(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        z = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # [N, z_dim]
+        w = self.layers(z)  # [N, w_dim]
+        if self.training:
+            self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        return self.truncate(w, psi)
+
+    def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
+        """The truncation trick: pull w toward the average, ``w_avg + psi * (w - w_avg)``."""
+        return w if psi == 1.0 else self.w_avg.to(w.dtype).lerp(w, psi)
+
+
+class ModulatedConv(nn.Module):
+    """Conv whose weights are scaled per sample by a style from w, then (optionally) demodulated."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, kernel: int = 3, demodulate: bool = True):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # style starts at 1 = plain conv
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale, self.demodulate, self.padding = (
+            1 / math.sqrt(in_ch * kernel * kernel),
+            demodulate,
+            kernel // 2,
+        )
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        n, c, h, wd = x.shape
+        style = self.affine(w)  # [N, in_ch]
+        weight = self.weight[None] * self.scale * style[:, None, :, None, None]  # [N, out, in, k, k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8)
+        x = F.conv2d(x.reshape(1, n * c, h, wd), weight.flatten(0, 1), padding=self.padding, groups=n)
+        return x.reshape(n, -1, h, wd) + self.bias[None, :, None, None]  # [N, out, H, W]
+
+
+class StyleLayer(nn.Module):
+    """Modulated 3x3 conv + scaled noise + bias + leaky ReLU; optionally upsamples by 2 first."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, res: int, up: bool, noise_gen: torch.Generator):
+        super().__init__()
+        self.conv, self.up = ModulatedConv(in_ch, out_ch, w_dim), up
+        self.register_buffer("noise_const", torch.randn(1, 1, res, res, generator=noise_gen))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        if self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = self.conv(x, w)
+        if noise_mode == "const":
+            x = x + self.noise_const.to(x.dtype) * self.noise_strength
+        elif noise_mode == "random":  # training only: fresh noise each step
+            x = x + torch.randn_like(x[:, :1]) * self.noise_strength
+        return F.leaky_relu(x, 0.2) * math.sqrt(2)
+
+
+class SynthesisNetwork(nn.Module):
+    """w -> image: learned 4x4 constant, two style layers per resolution, toRGB outputs summed upward."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        gen = torch.Generator().manual_seed(cfg.noise_seed)
+        self.const = nn.Parameter(torch.randn(cfg.channels(4), 4, 4))
+        self.layers, self.to_rgb = nn.ModuleList(), nn.ModuleList()
+        in_ch = cfg.channels(4)
+        for res in cfg.resolutions:
+            out_ch = cfg.channels(res)
+            if res > 4:
+                self.layers.append(StyleLayer(in_ch, out_ch, cfg.w_dim, res, up=True, noise_gen=gen))
+            self.layers.append(StyleLayer(out_ch, out_ch, cfg.w_dim, res, up=False, noise_gen=gen))
+            self.to_rgb.append(ModulatedConv(out_ch, cfg.img_channels, cfg.w_dim, kernel=1, demodulate=False))
+            in_ch = out_ch
+        self.num_ws = len(self.layers) + len(self.to_rgb)  # style inputs, for per-layer w (style mixing)
+
+    def forward(self, w: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        ws = w[:, None].expand(-1, self.num_ws, -1) if w.dim() == 2 else w  # [N, num_ws, w_dim]
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1)  # [N, C, 4, 4]
+        img, i, layers = None, 0, iter(self.layers)
+        for block, to_rgb in enumerate(self.to_rgb):
+            for _ in range(1 if block == 0 else 2):
+                x = next(layers)(x, ws[:, i], noise_mode)
+                i += 1
+            rgb = to_rgb(x, ws[:, i])  # [N, 3, H, W]
+            i += 1
+            img = (
+                rgb
+                if img is None
+                else F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False) + rgb
+            )
+        return img
+
+
+class Generator(nn.Module):
+    """z -> image, nominally in [-1, 1] (clamp when converting to pixels): ``mapping`` then ``synthesis``."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.config = cfg
+        self.mapping = MappingNetwork(cfg)
+        self.synthesis = SynthesisNetwork(cfg)
+
+    def forward(self, z: torch.Tensor, psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
+        return self.synthesis(self.mapping(z, psi), noise_mode)  # [N, 3, R, R]
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block: two 3x3 convs then downsample by 2, plus a 1x1 downsampled skip."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(in_ch, in_ch, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.skip(F.avg_pool2d(x, 2))
+        x = F.leaky_relu(self.conv0(x), 0.2)
+        x = F.avg_pool2d(F.leaky_relu(self.conv1(x), 0.2), 2)
+        return (x + skip) / math.sqrt(2)
+
+
+class Discriminator(nn.Module):
+    """image -> realness score: fromRGB, residual downsampling to 4x4, minibatch stddev, dense head."""
+
+    def __init__(self, cfg: GeneratorConfig, stddev_group: int = 4):
+        super().__init__()
+        res = cfg.resolutions[::-1]  # R, R/2, ..., 4
+        self.from_rgb = nn.Conv2d(cfg.img_channels, cfg.channels(res[0]), 1)
+        self.blocks = nn.Sequential(
+            *[DiscriminatorBlock(cfg.channels(a), cfg.channels(b)) for a, b in pairwise(res)]
+        )
+        ch = cfg.channels(4)
+        self.stddev_group = stddev_group
+        self.conv = nn.Conv2d(ch + 1, ch, 3, padding=1)
+        self.fc = nn.Linear(ch * 16, ch)
+        self.out = nn.Linear(ch, 1)
+
+    def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
+        """Append the mean stddev across a group of samples as a feature map: lets D see diversity."""
+        n, c, h, w = x.shape
+        g = min(self.stddev_group, n)
+        while n % g:
+            g -= 1
+        y = x.reshape(g, n // g, c, h, w).std(dim=0, unbiased=False).mean(dim=[1, 2, 3])  # [N/g]
+        return torch.cat([x, y.repeat(g)[:, None, None, None].expand(n, 1, h, w)], dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.from_rgb(img), 0.2)  # [N, C, R, R]
+        x = self.blocks(x)  # [N, C4, 4, 4]
+        x = F.leaky_relu(self.conv(self.minibatch_stddev(x)), 0.2)
+        return self.out(F.leaky_relu(self.fc(x.flatten(1)), 0.2))  # [N, 1]
+
+
+def save_generator(gen: Generator, folder: str | Path) -> Path:
+    """Write ``config.json`` (with the architecture marker) and ``model.safetensors`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(
+        json.dumps({"architecture": ARCHITECTURE, **asdict(gen.config)}, indent=2)
+    )
+    state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"architecture": ARCHITECTURE})
+    return folder
+
+
+def read_config(folder: str | Path) -> GeneratorConfig:
+    """The GeneratorConfig in ``folder/config.json``, refusing folders that are not ours."""
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot read GAN config {path}: {exc}") from exc
+    if data.get("architecture") != ARCHITECTURE:
+        raise StudioError(
+            f"{path} is not a {ARCHITECTURE} config (architecture={data.get('architecture')!r})"
+        )
+    known = {f.name for f in fields(GeneratorConfig)}
+    return GeneratorConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def load_generator(folder: str | Path) -> Generator:
+    """Build the generator from ``config.json`` and load ``model.safetensors`` (no code is executed)."""
+    gen = Generator(read_config(folder))
+    try:
+        gen.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    except (OSError, RuntimeError) as exc:
+        raise StudioError(f"cannot load GAN weights from {folder}: {exc}") from exc
+    return gen.eval()

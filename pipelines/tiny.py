@@ -1,0 +1,137 @@
+"""Tiny random-weight models built from configs in code: the real code paths, no downloads.
+
+``build_tiny_sd()`` is a genuine ``diffusers.StableDiffusionPipeline`` (64x64 pictures);
+``build_tiny_gan()`` is a ``GanAdapter`` around a 32x32 StyleGAN-style generator. Every
+component is built after ``torch.manual_seed``, so two builds hold the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+TINY_SD_MAX_LENGTH = 16  # tokens per prompt: short, so the text space stays small
+_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+# A few byte-level BPE merges, enough that common words are not all single letters.
+_MERGES = ["t h", "th e</w>", "a t</w>", "c at</w>", "d o", "do g</w>", "i n", "a n", "o n</w>", "e r</w>"]
+
+
+def byte_unicode_chars() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the bytes 0..255 (GPT-2's mapping)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:  # unprintable bytes move past 255, in order
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def write_char_tokenizer(folder: str | Path, max_length: int = TINY_SD_MAX_LENGTH) -> Path:
+    """Write a minimal CLIP byte-level tokenizer (vocab.json, merges.txt, config) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = byte_unicode_chars()
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in (m.split() for m in _MERGES)] + _SPECIAL
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_length,
+        "pad_token": "<|endoftext|>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@lru_cache(maxsize=1)
+def _tiny_tokenizer_folder() -> Path:
+    return write_char_tokenizer(Path(tempfile.mkdtemp(prefix="studio-tiny-tokenizer-")))
+
+
+def build_tiny_sd():
+    """A real StableDiffusionPipeline with tiny seeded random weights: 64x64 pictures, 8x VAE, 16 tokens."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,  # latent side; x8 VAE -> 64 px pictures
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),  # four blocks: the 8x downscale of real SD VAEs
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TINY_SD_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(  # SD 1.x's schedule; DDIM with eta 0 is deterministic
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_gan(device: str | None = None, dtype: str | None = None):
+    """A GanAdapter around a seeded 32x32 StyleGAN-style generator (z_dim = w_dim = 32)."""
+    from pipelines.gan import GanAdapter
+    from pipelines.stylegan import Generator, GeneratorConfig
+
+    config = GeneratorConfig(
+        z_dim=32, w_dim=32, mapping_layers=2, resolution=32, channel_base=512, channel_max=32
+    )
+    torch.manual_seed(0)
+    return GanAdapter(Generator(config), spec="tiny-gan", device=device, dtype=dtype)

@@ -1,0 +1,197 @@
+"""The `studio` command line, end to end on the tiny models, as a user would run it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from studio.cli import main
+
+
+def studio(home, *args, code=0):
+    """Run one CLI command in-process; check its exit code; return the result."""
+    result = CliRunner().invoke(main, ["--home", str(home), *args], catch_exceptions=False)
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+def library_state(home: Path):
+    files = sorted(str(p.relative_to(home)) for p in (home / "objects").rglob("*") if p.is_file())
+    rows = json.loads(studio(home, "latents", "ls", "--json").stdout)
+    return files, rows
+
+
+@pytest.mark.parametrize("model, extra", [("tiny-sd", ["--prompt", "a cat", "--steps", "2"]), ("tiny-gan", [])])
+def test_sample_slerp_render_and_lineage(tmp_path, model, extra):
+    home = tmp_path / "home"
+    out_a = studio(home, "sample", "--model", model, *extra, "--seed", "1", "--name", "a", "--json")
+    a_id = json.loads(out_a.stdout)[0]["id"]
+    studio(home, "sample", "--model", model, *extra, "--seed", "2", "--name", "b")
+    png = tmp_path / "mid.png"
+    studio(home, "eval", "slerp(@a, @b, 0.5)", "--name", "mid", "--out", str(png))
+    image = Image.open(png)
+    assert image.format == "PNG" and image.mode == "RGB"
+    assert image.size == ((64, 64) if model == "tiny-sd" else (32, 32))
+    info = json.loads(studio(home, "latents", "show", "mid", "--json").stdout)
+    assert info["lineage"]["op"] == "slerp" and info["lineage"]["params"]["t"] == 0.5
+    assert [p["names"] for p in info["lineage"]["parents"]] == [["a"], ["b"]]
+    assert info["lineage"]["parents"][0]["id"] == a_id
+    # the PNG carries its generation: importing it gives back the same stored object
+    recipe = json.loads(Image.open(png).text["latent-studio"])
+    assert recipe["id"] == info["id"] and recipe["lineage"]["op"] == "slerp"
+    back = json.loads(studio(home, "latents", "import", str(png), "--json").stdout)
+    assert back[0]["id"] == info["id"]
+
+
+def test_same_seed_gives_identical_bytes_and_pixels(tmp_path):
+    ids, tensors = [], []
+    for run in ("one", "two"):
+        home = tmp_path / run
+        out = studio(home, "sample", "--model", "tiny-sd", "--prompt", "a cat", "--seed", "7", "--steps", "2",
+                     "--json")
+        object_id = json.loads(out.stdout)[0]["id"]
+        ids.append(object_id)
+        tensors.append(load_file(home / "objects" / object_id[:2] / f"{object_id}.safetensors"))
+    assert ids[0] == ids[1]
+    assert tensors[0].keys() == tensors[1].keys() == {"role.noise", "role.text"}
+    for key in tensors[0]:
+        assert tensors[0][key].numpy().tobytes() == tensors[1][key].numpy().tobytes()
+    expected = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(tensors[0]["role.noise"], expected)  # stored unscaled, drawn on a CPU generator
+    home = tmp_path / "one"
+    first = studio(home, "render", ids[0][:8], "--out", str(tmp_path / "r1"), "--json")
+    second = studio(home, "render", ids[0][:8], "--out", str(tmp_path / "r2"), "--json")
+    p1, p2 = json.loads(first.stdout)[0], json.loads(second.stdout)[0]
+    assert np.array_equal(np.asarray(Image.open(p1)), np.asarray(Image.open(p2)))
+
+
+@pytest.fixture(scope="module")
+def mixed_home(tmp_path_factory):
+    """A library with a tiny-sd generation `a` and a tiny-gan generation `g`."""
+    home = tmp_path_factory.mktemp("mixed")
+    studio(home, "sample", "--model", "tiny-sd", "--prompt", "a cat", "--seed", "1", "--name", "a")
+    studio(home, "sample", "--model", "tiny-gan", "--seed", "1", "--name", "g")
+    return home
+
+
+def nan_file(tmp_path):
+    from studio import formats
+    from studio.objects import Latent
+    from studio.space import Space
+    data = formats.to_bytes(Latent(torch.zeros(4), Space("gan-z", "x-1", (4,))))
+    header = json.loads(formats.read_header(data)["latent-studio"])
+    header.pop("id")
+    path = tmp_path / "nan.safetensors"
+    save_file({"tensor": torch.tensor([0.0, float("nan"), 1.0, 2.0])}, path,
+              metadata={"latent-studio": json.dumps(header)})
+    return path
+
+
+def truncated_file(tmp_path):
+    from studio import formats
+    from studio.objects import Latent
+    from studio.space import Space
+    data = formats.to_bytes(Latent(torch.ones(64), Space("gan-z", "x-1", (64,))))
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def text_file(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are not tensors\n")
+    return path
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "@a + @g"], ["noise[vae-", "gan-z[stylegan-", "two different spaces"]),
+    (["eval", "@a + @g", "--name", "bad"], ["two different spaces"]),
+    (["eval", "slerp(@a, @g"], ["expected ')'", "position 13"]),
+    (["eval", "@a + @nobody"], ["no stored object", "'nobody'", "position 6"]),
+    (["sample", "--model", "tiny-gan", "--seed", "3", "--name", "../../etc/x"], ["invalid name '../../etc/x'"]),
+    (["eval", "@a", "--name", "../../etc/x"], ["invalid name"]),
+    (["latents", "import", "NAN", "--name", "n"], ["NaN or Inf"]),
+    (["latents", "import", "CUT"], ["truncated"]),
+    (["latents", "import", "TEXT"], ["not a safetensors file"]),
+    (["latents", "show", "ghost"], ["no stored object"]),
+    (["render", "@ghost"], ["no stored object"]),
+    (["sample", "--model", "stabilityai/sd-turbo"], ["stabilityai/sd-turbo", "offline"]),
+    (["sample", "--model", "tiny-sd", "--size", "30"], ["multiple of 8"]),
+    (["sample", "--model", "tiny-gan", "-n", "0"], ["count must be between"]),
+])
+def test_user_errors_exit_2_with_one_line_and_change_nothing(mixed_home, tmp_path, args, words):
+    files = {"NAN": nan_file, "CUT": truncated_file, "TEXT": text_file}
+    args = [str(files[a](tmp_path)) if a in files else a for a in args]
+    before = library_state(mixed_home)
+    result = studio(mixed_home, *args, code=2)
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output
+    for w in words:
+        assert w in err, (w, err)
+    assert library_state(mixed_home) == before
+
+
+def test_errors_from_a_real_process_have_no_traceback(mixed_home):
+    proc = subprocess.run([sys.executable, "-m", "studio.cli", "--home", str(mixed_home), "eval", "@a + @g"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot add") and "noise[" in lines[0]
+
+
+def test_comfy_latent_export_import_round_trip(tmp_path):
+    home = tmp_path / "home"
+    picture = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(picture)
+    studio(home, "encode", str(picture), "--model", "tiny-sd", "--name", "pic")
+    target = tmp_path / "pic.latent"
+    studio(home, "latents", "export", "pic", str(target))
+    raw = load_file(target)
+    assert set(raw) == {"latent_tensor", "latent_format_version_0"}
+    assert raw["latent_tensor"].shape == (1, 4, 8, 8)
+    studio(home, "latents", "rm", "pic")
+    studio(home, "latents", "import", str(target), "--model", "tiny-sd", "--name", "back")
+    info = json.loads(studio(home, "latents", "show", "back", "--json").stdout)
+    assert info["spaces"]["latent"].startswith("vae[vae-")
+    studio(home, "latents", "export", "back", str(tmp_path / "again.latent"))
+    assert torch.equal(load_file(tmp_path / "again.latent")["latent_tensor"], raw["latent_tensor"])
+
+
+def test_recipe_renders_a_sweep_in_batches(tmp_path):
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    recipe = Path(__file__).resolve().parents[1] / "prompts" / "recipes" / "gan_walk.yaml"
+    result = json.loads(studio(home, "render", str(recipe), "--out", str(out), "--json").stdout)
+    names = sorted(Path(p).name for p in result["files"])
+    assert len(names) == 7 and names[0] == "average_000.png" and names[-1] == "walk_005_t=1.png"
+    first = json.loads(Image.open(out / "walk_000_t=0.png").text["latent-studio"])
+    assert first["lineage"]["op"] == "slerp" and first["lineage"]["params"]["t"] == 0.0
+
+
+@pytest.mark.parametrize("text, words", [
+    ("inputs: [1, 2", "not valid YAML at line"),
+    ("renders:\n  - expr: 'slerp(@a, @b'\n", "renders[0].expr: expected ')'"),
+    ("inputs:\n  a: {seed: one}\nrenders: [{expr: '@a'}]\n", "inputs.a: 'seed' must be an integer"),
+    ("renders:\n  - expr: 'lerp(@a, @b, t)'\n", "variable(s) t used in expr but not swept"),
+    ("bogus: 1\n", "unknown key(s) bogus"),
+    ("renders:\n  - expr: '@a'\n    sweep: {t: [0, .nan]}\n", "expected a list of numbers"),
+])
+def test_bad_recipes_fail_cleanly(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = studio(tmp_path / "home", "render", str(path), code=2)
+    assert words in result.stderr
+
+
+def test_models_lists_builtins():
+    out = CliRunner().invoke(main, ["models", "--json"]).stdout
+    specs = [m["spec"] for m in json.loads(out)]
+    assert {"tiny-sd", "tiny-gan", "emoji-diffusion", "emoji-gan"} <= set(specs)
