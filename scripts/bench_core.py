@@ -1,0 +1,129 @@
+"""Core benchmarks, side by side in one run.
+
+1. Render N stored generations through the studio vs the same denoising through a plain
+   diffusers call on the same pipeline object (target: ratio <= 1.03).
+2. Save and load of one latent in the library (target: milliseconds).
+3. ``latents ls`` over 10,000 stored objects (target: < 200 ms).
+
+    python scripts/bench_core.py                 # tiny-sd, 8 generations, 20 steps
+    python scripts/bench_core.py --model emoji-diffusion --n 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
+    from studio.session import Session
+
+    with tempfile.TemporaryDirectory() as home:
+        session = Session(home)
+        stored = session.sample(model, "a smiling cat face", seed=0, count=n, steps=steps)
+        gens = [session.get(s.id) for s in stored]  # what the library gives back
+        adapter = session.adapter(model)
+        pipe = adapter.pipe
+        s = gens[0].settings
+        noise = torch.stack([g.roles["noise"].tensor for g in gens])
+        text = torch.stack([g.roles["text"].tensor for g in gens])
+        negative = adapter.encode_text([s["negative_prompt"]]).expand(n, -1, -1)
+
+        def plain():
+            pipe(latents=noise.to(adapter.device, adapter.dtype), prompt_embeds=text.to(adapter.device, adapter.dtype),
+                 negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=s["guidance"],
+                 height=s["height"], width=s["width"], output_type="pil",
+                 generator=[torch.Generator().manual_seed(g.meta["seed"]) for g in gens])
+
+        def studio():
+            session.render(gens)
+
+        plain(), studio()  # warm-up: first calls pay one-time allocation costs
+        plain_t, studio_t = [], []
+        for _ in range(repeat):  # interleaved so drift in machine speed hits both alike
+            plain_t += timed(plain, 1)
+            studio_t += timed(studio, 1)
+        p, st = statistics.median(plain_t), statistics.median(studio_t)
+        print(f"render  model={model} n={n} steps={steps} repeats={repeat}")
+        print(f"  plain diffusers call : {p:8.3f} s  (median; min {min(plain_t):.3f})")
+        print(f"  studio render        : {st:8.3f} s  (median; min {min(studio_t):.3f})")
+        print(f"  ratio studio/plain   : {st / p:8.4f}   (target <= 1.03) {'OK' if st / p <= 1.03 else 'MISSED'}")
+
+
+def bench_library(count: int) -> None:
+    from click.testing import CliRunner
+
+    from studio.cli import main
+    from studio.objects import Generation, Latent
+    from studio.space import Space
+    from studio.store import Library
+
+    noise_space = Space("noise", "vae-bench", (4, 64, 64))  # an SD 1.x 512 px generation
+    text_space = Space("text", "text-bench", (77, 768))
+    with tempfile.TemporaryDirectory() as home:
+        lib = Library(home)
+        g = torch.Generator().manual_seed(0)
+
+        def generation(i: int) -> Generation:
+            return Generation({"noise": Latent(torch.randn(noise_space.shape, generator=g), noise_space),
+                               "text": Latent(torch.randn(text_space.shape, generator=g), text_space)},
+                              "bench", {"steps": 20}, {"seed": i, "prompt": f"prompt {i}"})
+
+        gens = [generation(i) for i in range(30)]
+        ids = []
+        save = timed(lambda: ids.append(lib.put(gens[len(ids)])), len(gens))
+        load = [t for object_id in ids for t in timed(lambda: lib.get(object_id), 1)]
+        size = lib.path_of(ids[0]).stat().st_size / 1024
+        print(f"library  one generation of {size:.0f} KiB (noise 4x64x64 + text 77x768), {len(gens)} each")
+        print(f"  save (atomic, fsync) : {statistics.median(save) * 1e3:8.2f} ms median, max {max(save) * 1e3:.2f}")
+        print(f"  load (verify id)     : {statistics.median(load) * 1e3:8.2f} ms median, max {max(load) * 1e3:.2f}")
+
+        small = Space("gan-z", "stylegan-bench", (16,))
+        t0 = time.perf_counter()
+        for i in range(count - len(ids)):
+            lib.put(Latent(torch.full(small.shape, float(i)), small, {"seed": i}), name=f"z{i}" if i % 3 == 0 else None,
+                    tags=["bench"] if i % 5 == 0 else ())
+        fill = time.perf_counter() - t0
+        ls_t = timed(lambda: lib.ls(), 5)
+        search_t = timed(lambda: lib.ls(tag="bench", text="z1"), 5)
+        runner = CliRunner()
+        cli_t = timed(lambda: runner.invoke(main, ["--home", home, "latents", "ls", "--json"]), 3)
+        print(f"  list   {len(lib)} objects    : {statistics.median(ls_t) * 1e3:8.1f} ms median (target < 200) "
+              f"{'OK' if statistics.median(ls_t) < 0.2 else 'MISSED'}")
+        print(f"  search {len(lib)} objects    : {statistics.median(search_t) * 1e3:8.1f} ms median (tag + text filter)")
+        print(f"  'studio latents ls --json' : {statistics.median(cli_t) * 1e3:8.1f} ms median in-process "
+              f"(CLI parsing + JSON of all rows; target < 200) {'OK' if statistics.median(cli_t) < 0.2 else 'MISSED'}")
+        print(f"  (filling the library took {fill:.1f} s, {fill / count * 1e3:.2f} ms per object)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-sd", help="diffusion model spec to render with")
+    ap.add_argument("--n", type=int, default=8, help="generations per render call")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=5, help="timed repeats of each render path")
+    ap.add_argument("--objects", type=int, default=10_000, help="library size for the listing benchmark")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    bench_render(args.model, args.n, args.steps, args.repeat)
+    bench_library(args.objects)
+
+
+if __name__ == "__main__":
+    main()
