@@ -14,8 +14,10 @@ from typing import Any
 
 import diffusers
 import torch
+import transformers
 from PIL import Image
 
+from pipelines import diffusion_edit
 from pipelines.base import PipelineAdapter, Progress, cpu_generator, pick_device
 from pipelines.common import (
     batches,
@@ -29,6 +31,8 @@ from pipelines.common import (
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
 from studio.space import Space, fingerprint
+
+transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
 
 SCHEDULERS = [
     "DDIMScheduler",
@@ -44,6 +48,11 @@ SCHEDULERS = [
     "UniPCMultistepScheduler",
     "LCMScheduler",
 ]
+OPTIONAL_SETTINGS = {
+    "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
+    "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
+}
+HSPACE_STEPS = 5  # default: shift the bottleneck during the first five steps (the coarse layout)
 MAX_SIDE = 4096  # pixels; beyond this a render would not fit any accelerator we know
 TEXT_KEYS = [
     "model_type",
@@ -185,7 +194,7 @@ class DiffusionAdapter(PipelineAdapter):
     def _settings(self, settings: dict) -> dict:
         """Defaults overlaid with ``settings``, refusing impossible values with one clear sentence."""
         s = {**self.default_settings(), **settings}
-        unknown = set(s) - set(self.default_settings())
+        unknown = set(s) - set(self.default_settings()) - set(OPTIONAL_SETTINGS)
         if unknown:
             raise StudioError(
                 f"unknown setting(s) {', '.join(sorted(unknown))}; expected {', '.join(self.default_settings())}"
@@ -199,6 +208,10 @@ class DiffusionAdapter(PipelineAdapter):
         check_number(s, "steps", 1, 1000, integer=True)
         check_number(s, "guidance", 0.0, 100.0)
         self._scheduler(s["scheduler"])
+        if "sdedit" in s:
+            check_number(s, "sdedit", 0.0, 1.0)
+        if "hspace_steps" in s:
+            check_number(s, "hspace_steps", 0, s["steps"], integer=True)
         if not isinstance(s["negative_prompt"], str):
             raise StudioError(f"negative_prompt must be text, not {s['negative_prompt']!r}")
         return s
@@ -256,20 +269,33 @@ class DiffusionAdapter(PipelineAdapter):
         settings = [self._settings(g.settings) for g in generations]
         for g, s in zip(generations, settings, strict=True):
             expected = {"noise": self.noise_space(s["height"], s["width"]), "text": self.text_space}
-            if set(g.roles) != set(expected):
+            optional = {"hspace": self.hspace_space(s["height"], s["width"]),
+                        "init": self.vae_space(s["height"], s["width"])}
+            if not set(expected) <= set(g.roles) <= set(expected) | set(optional):
                 raise StudioError(
-                    f"a diffusion generation needs roles noise and text, not {', '.join(sorted(g.roles))}"
+                    f"a diffusion generation needs roles noise and text (optionally hspace, init), "
+                    f"not {', '.join(sorted(g.roles))}"
                 )
+            if ("init" in g.roles) != ("sdedit" in s):
+                raise StudioError("an SDEdit generation needs both the init role and the sdedit setting")
+            expected |= {r: optional[r] for r in optional if r in g.roles}
             for role, space in expected.items():
                 if g.roles[role].space != space:
                     raise SpaceMismatch(
                         f"model {self.spec} cannot render {g.roles[role].space}: it expects {space}"
                     )
         # 2. Group by identical settings, at most max_batch per call.
-        groups = list(batches(settings, self.max_batch))
+        keys = [{**s, "_roles": sorted(g.roles)} for g, s in zip(generations, settings)]
+        groups = [({k: v for k, v in key.items() if k != "_roles"}, idx) for key, idx in batches(keys, self.max_batch)]
         images: list[Image.Image | None] = [None] * len(generations)
         total, done = sum(s["steps"] for s, _ in groups), 0
         for s, idx in groups:
+            batch = [generations[i] for i in idx]
+            if "sdedit" in s:  # SDEdit: start from the init picture latent, partly noised
+                for i, image in zip(idx, diffusion_edit.render_sdedit(self, batch, s, progress, done, total)):
+                    images[i] = image
+                done += s["steps"]
+                continue
             # 3. Stack the batch's latents and move them to the model's device and dtype.
             noise = torch.stack([generations[i].roles["noise"].tensor for i in idx]).to(
                 self.device, self.dtype
@@ -288,22 +314,34 @@ class DiffusionAdapter(PipelineAdapter):
 
             # 4. Denoise and decode with the pipeline: it multiplies the unscaled noise by init_noise_sigma itself.
             self.pipe.scheduler = self._scheduler(s["scheduler"])
-            result = self.pipe(
-                latents=noise,
-                prompt_embeds=text,
-                negative_prompt_embeds=negative,
-                num_inference_steps=s["steps"],
-                guidance_scale=s["guidance"],
-                height=s["height"],
-                width=s["width"],
-                generator=generator,
-                output_type="pil",
-                callback_on_step_end=on_step,
-            )
+            hdelta = diffusion_edit._hdelta(batch, self.device, self.dtype)
+            with diffusion_edit.hspace_shift(self.pipe.unet, hdelta, s.get("hspace_steps", HSPACE_STEPS)):
+                result = self.pipe(
+                    latents=noise,
+                    prompt_embeds=text,
+                    negative_prompt_embeds=negative,
+                    num_inference_steps=s["steps"],
+                    guidance_scale=s["guidance"],
+                    height=s["height"],
+                    width=s["width"],
+                    generator=generator,
+                    output_type="pil",
+                    callback_on_step_end=on_step,
+                )
             for i, image in zip(idx, result.images, strict=True):
                 images[i] = image
             done += s["steps"]
         return images
+
+    # -- editing ---------------------------------------------------------------------------------------
+
+    def hspace_of(self, generations: list[Generation], steps: int = HSPACE_STEPS) -> list[Latent]:
+        """Each generation's mean UNet bottleneck activation over its first ``steps`` steps (h-space)."""
+        return diffusion_edit.hspace_of(self, generations, steps)
+
+    def invert(self, image: Image.Image, prompt: str = "", steps: int = 50) -> Generation:
+        """DDIM inversion of a picture into a generation that re-renders it (guidance 1)."""
+        return diffusion_edit.invert(self, image, prompt, steps)
 
     # -- VAE ---------------------------------------------------------------------------------------------
 

@@ -20,6 +20,10 @@ from studio.space import Space, check_same
 
 Value = float | Latent | Vector | Generation
 
+# Roles that hold a shift applied during rendering (not a starting point): a generation
+# without one behaves as if it held zeros, so adding such a vector creates the role.
+DELTA_KINDS = ("hspace",)
+
 
 def describe(x: Value) -> str:
     """A short phrase for error messages: 'a number', 'latent in noise[...]'..."""
@@ -58,7 +62,7 @@ def _role_for(g: Generation, space: Space, what: str) -> str:
         if s == space:
             return role
     roles = ", ".join(f"{r}: {s}" for r, s in g.spaces.items())
-    raise SpaceMismatch(f"cannot {what} {space} to a generation of {g.model} whose spaces are {roles}")
+    raise SpaceMismatch(f"cannot {what} {space} and a generation of {g.model} whose spaces are {roles}")
 
 
 def _generation_op(name: str, gs: list[Generation], per_role: Callable[[str, list[Latent]], Latent]) -> Generation:
@@ -78,9 +82,14 @@ def _pairwise(name: str, fn: Callable, a: Value, b: Value, *extra) -> Value:
     if isinstance(a, Generation) and isinstance(b, Generation):
         return _generation_op(name, [a, b], lambda role, xs: _tensor_op(fn, xs, *extra))
     if isinstance(a, Generation) and isinstance(b, (Latent, Vector)):
-        role = _role_for(a, b.space, "add" if name == "add" else name)
         roles = dict(a.roles)
-        roles[role] = _tensor_op(fn, [a.roles[role], b], *extra)
+        if b.space.kind in DELTA_KINDS and not any(s == b.space for s in a.spaces.values()):
+            # an absent delta role means "no shift": start it at zero
+            roles[b.space.kind] = Latent(torch.zeros(b.space.shape), b.space, {"model": a.model})
+            role = b.space.kind
+        else:
+            role = _role_for(a, b.space, name)
+        roles[role] = _tensor_op(fn, [roles[role], b], *extra)
         return Generation(roles, a.model, dict(a.settings), {})
     if isinstance(b, Generation) and isinstance(a, (Latent, Vector)):
         if name == "sub":

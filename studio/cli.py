@@ -354,5 +354,167 @@ def models(as_json):
         click.echo(f"{mark} {spec:<18} {desc}")
 
 
+@main.command()
+@click.option("--model", "-m", default=None,
+              help=f"Model the studio opens with (default: {DEFAULT_MODEL}, or tiny-sd with a notice if it is missing).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=7860, show_default=True, help="Port to listen on.")
+@click.option("--share", is_flag=True, help="Also open a temporary public gradio.live link (use with a login).")
+@click.option("--auth", default=None, metavar="USER:PASS", help="Require this login.")
+@click.option("--auth-file", type=click.Path(dir_okay=False), default=None,
+              help="Require a login from this file of USER:PASS lines.")
+@click.option("--max-upload", default="25mb", show_default=True, help="Largest file a browser may upload.")
+@click.option("--queue-size", type=int, default=64, show_default=True,
+              help="Requests that may wait; more are refused until the queue drains.")
+@click.pass_context
+def ui(ctx, model, host, port, share, auth, auth_file, max_upload, queue_size):
+    """Start the studio in the browser (Gradio): generate, browse the library, interpolate, edit, run recipes.
+
+    \b
+    Examples:
+      studio ui
+      studio ui --model tiny-sd --port 7861
+      studio ui --host 0.0.0.0 --auth-file logins.txt
+    """
+    from studio.ui import server  # gradio loads only for this command
+
+    session = _session(ctx)
+    server.own_temp_dir(session.library.home)
+    server.launch(session, model, host, port, share, server.parse_auth(auth, auth_file), max_upload, queue_size,
+                  echo=lambda line: click.echo(line, err=line.startswith(("warning", "notice"))))
+
+
+# ---- vectors ----------------------------------------------------------------------------------------
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise StudioError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(v == v and abs(v) != float("inf") for v in values):
+        raise StudioError(f"expected comma-separated finite numbers, got {text!r}")
+    return values
+
+
+def _refs(session: Session, refs: tuple[str, ...], tag: str | None, what: str) -> list[str]:
+    out = list(refs)
+    if tag:
+        out += [r.id for r in session.library.ls(tag=tag)]
+    if not out:
+        raise StudioError(f"set {what} is empty: give references with --{what.lower()} or a tag with --{what.lower()}-tag")
+    return out
+
+
+@main.group()
+def vectors():
+    """Make, condition, discover and apply attribute vectors."""
+
+
+@vectors.command(name="from-sets")
+@click.option("--a", "refs_a", multiple=True, help="A member of set A (repeatable).")
+@click.option("--b", "refs_b", multiple=True, help="A member of set B (repeatable).")
+@click.option("--a-tag", default=None, help="All objects with this tag join set A.")
+@click.option("--b-tag", default=None, help="All objects with this tag join set B.")
+@click.option("--method", type=click.Choice(["mean", "boundary"]), default="mean", show_default=True,
+              help="mean difference, or the normal of a logistic-regression boundary (InterFaceGAN).")
+@click.option("--role", default=None, help="Role of generations to use: text, noise, z, w, or hspace "
+              "(UNet bottleneck; default: text for diffusion, the GAN's latent otherwise).")
+@click.option("--hspace-steps", type=int, default=5, show_default=True, help="Steps averaged for --role hspace.")
+@click.option("--name", default=None, help="Name to store the vector under.")
+@click.pass_context
+def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_steps, name):
+    """A direction from set A to set B of stored generations or latents.
+
+    \b
+    Examples:
+      studio vectors from-sets --a-tag day --b-tag night --name day_to_night
+      studio vectors from-sets --a g1 --a g2 --b g3 --b g4 --method boundary --role w
+    """
+    session = _session(ctx)
+    a = _refs(session, refs_a, a_tag, "A")
+    b = _refs(session, refs_b, b_tag, "B")
+    _print_stored([session.vectors.from_sets(a, b, method, role, name, hspace_steps=hspace_steps)], False)
+
+
+@vectors.command(name="from-prompts")
+@click.argument("definition", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", default=None, help=f"Text-conditioned model (default: {DEFAULT_MODEL}).")
+@click.option("--name", default=None, help="Name to store under (default: the definition's name).")
+@click.pass_context
+def vectors_from_prompts(ctx, definition, model, name):
+    """A text-space vector from a prompt-pair definition (see prompts/vectors/).
+
+    \b
+    Example:
+      studio vectors from-prompts prompts/vectors/day_to_night.yaml --model tiny-sd
+    """
+    _print_stored([_session(ctx).vectors.from_prompts(definition, model, name)], False)
+
+
+@vectors.command(name="discover")
+@click.option("--model", "-m", default=None, help="Model to explore.")
+@click.option("--space", type=click.Choice(["w", "text"]), default="w", show_default=True)
+@click.option("-k", type=int, default=8, show_default=True, help="How many principal directions.")
+@click.option("--samples", type=int, default=2000, show_default=True, help="Sampled w vectors (w space).")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), default=None,
+              help="Text file with one prompt per line (text space).")
+@click.option("--prefix", default=None, help="Store the directions as PREFIX0, PREFIX1, ...")
+@click.pass_context
+def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix):
+    """Principal directions of sampled w (GANSpace) or of prompt embeddings, with explained variance.
+
+    \b
+    Example:
+      studio vectors discover --model emoji-gan -k 6 --prefix pc
+    """
+    prompts = None
+    if prompt_file:
+        prompts = [line.strip() for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+    rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts)
+    for stored, ratio in rows:
+        click.echo(f"{stored.id[:12]}  {stored.name or '-':<12} explained variance {ratio:7.2%}")
+
+
+@vectors.command(name="condition")
+@click.argument("vector")
+@click.option("--on", "others", multiple=True, required=True, help="A vector whose direction to remove (repeatable).")
+@click.option("--name", default=None, help="Name to store the conditioned vector under.")
+@click.pass_context
+def vectors_condition(ctx, vector, others, name):
+    """Remove from VECTOR its components along others (InterFaceGAN's conditional manipulation)."""
+    _print_stored([_session(ctx).vectors.condition(vector, list(others), name)], False)
+
+
+@vectors.command(name="apply")
+@click.argument("target")
+@click.argument("vector")
+@click.option("--strength", "-s", "strengths", default="1", show_default=True,
+              help="Strength, or a comma-separated sweep (e.g. -1,-0.5,0,0.5,1).")
+@click.option("--mode", type=click.Choice(["latent", "hspace", "sdedit"]), default="latent", show_default=True,
+              help="latent: add to the role in the vector's space; hspace: shift the UNet bottleneck; "
+                   "sdedit: re-render from the noised original picture.")
+@click.option("--sdedit-strength", type=float, default=0.6, show_default=True)
+@click.option("--name", default=None, help="Name for the result (NAME-1, ... for a sweep).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Render the results here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, out, as_json):
+    """TARGET + s * VECTOR for each strength s, stored with lineage (and rendered with --out).
+
+    \b
+    Examples:
+      studio vectors apply scene day_to_night --strength 0.8 --name night --out out/
+      studio vectors apply cat noto_to_twemoji -s 0,0.5,1,1.5 --out sweep/
+    """
+    session = _session(ctx)
+    items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength)
+    paths = None
+    if out:
+        with progress_bar("render", not as_json) as cb:
+            paths = session.render_to(items, out, cb)
+    _print_stored(items, as_json, paths)
+
+
 if __name__ == "__main__":
     main()

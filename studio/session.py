@@ -68,6 +68,13 @@ class Session:
         self.dtype = dtype
         self._adapters: dict[str, Any] = {}
 
+    @property
+    def vectors(self):
+        """The vector workbench (make, condition, discover, apply vectors)."""
+        from studio.vectorlab import VectorLab
+
+        return VectorLab(self)
+
     # ---- models ----
 
     def adapter(self, spec: str | None = None):

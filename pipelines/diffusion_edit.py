@@ -1,0 +1,200 @@
+"""Editing tools for the diffusion adapter: h-space probes and shifts, SDEdit, DDIM inversion.
+
+- h-space (Kwon et al. 2023, "Diffusion models already have a semantic latent space"): the
+  UNet mid-block output; a direction added there during the first denoising steps edits
+  the picture while the noise and prompt stay.
+- SDEdit (Meng et al. 2022): noise an image latent to a chosen strength, denoise it with
+  the (edited) conditioning.
+- DDIM inversion (Song et al. 2021; Mokady et al. 2023): run the deterministic sampler
+  backwards from an image latent to the noise that re-renders it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import diffusers
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipelines.base import Progress
+from pipelines.common import from_pil
+from studio.errors import StudioError
+from studio.objects import Generation, Latent, Lineage
+
+if TYPE_CHECKING:
+    from pipelines.diffusion import DiffusionAdapter
+
+
+@contextmanager
+def hspace_shift(unet, delta: torch.Tensor | None, steps: int):
+    """Add ``delta`` [N, C, h, w] to the mid-block output during the first ``steps`` UNet calls."""
+    if delta is None:
+        yield
+        return
+    calls = 0
+
+    def hook(module, inputs, output):
+        nonlocal calls
+        calls += 1
+        if calls > steps:
+            return output
+        reps = output.shape[0] // delta.shape[0]  # classifier-free guidance doubles the batch
+        return output + delta.repeat(reps, 1, 1, 1).to(output.dtype)
+
+    handle = unet.mid_block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def hspace_probe(unet, store: list[torch.Tensor]):
+    """Record the mid-block output of every UNet call into ``store``."""
+    handle = unet.mid_block.register_forward_hook(lambda m, i, o: store.append(o.detach().float().cpu()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def scaled(adapter: DiffusionAdapter, z: torch.Tensor) -> torch.Tensor:
+    """Unscaled VAE latent -> the scaled latent the UNet works on."""
+    cfg = adapter.pipe.vae.config
+    return (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+
+
+@torch.no_grad()
+def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor, settings: dict,
+            start: float = 1.0, hdelta: torch.Tensor | None = None, progress: Progress | None = None,
+            base: int = 0, total: int = 0) -> torch.Tensor:
+    """A plain deterministic sampling loop over the last ``start`` fraction of the schedule; returns x0 latents."""
+    pipe = adapter.pipe
+    scheduler = adapter._scheduler(settings["scheduler"])
+    scheduler.set_timesteps(settings["steps"], device=adapter.device)
+    timesteps = scheduler.timesteps
+    skip = settings["steps"] - max(1, round(settings["steps"] * start))
+    timesteps = timesteps[skip:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(skip)
+    guided = settings["guidance"] > 1
+    if guided:
+        uncond = adapter._negative_embeds(settings["negative_prompt"], len(text))
+        cond = torch.cat([uncond, text])
+    else:
+        cond = text
+    x = latents
+    with hspace_shift(pipe.unet, hdelta, settings.get("hspace_steps", 0) or 0):
+        for i, t in enumerate(timesteps):
+            inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            eps = pipe.unet(inp, t, encoder_hidden_states=cond).sample
+            if guided:
+                e_u, e_c = eps.chunk(2)
+                eps = e_u + settings["guidance"] * (e_c - e_u)
+            x = scheduler.step(eps, t, x).prev_sample
+            if progress:
+                progress(base + i + 1 + skip, total)
+    return x
+
+
+def decode(adapter: DiffusionAdapter, x0: torch.Tensor) -> list[Image.Image]:
+    vae = adapter.pipe.vae
+    z = x0 / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    return adapter.pipe.image_processor.postprocess(vae.decode(z).sample, output_type="pil")
+
+
+@torch.no_grad()
+def render_sdedit(adapter: DiffusionAdapter, gens: list[Generation], settings: dict,
+                  progress: Progress | None = None, base: int = 0, total: int = 0) -> list[Image.Image]:
+    """SDEdit: each generation's ``init`` picture latent, noised with its own noise to ``sdedit``, denoised."""
+    dev, dt = adapter.device, adapter.dtype
+    init = scaled(adapter, torch.stack([g.roles["init"].tensor for g in gens]).to(dev, dt))  # [N, C, h, w]
+    noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(dev, dt)
+    text = torch.stack([g.roles["text"].tensor for g in gens]).to(dev, dt)
+    scheduler = adapter._scheduler(settings["scheduler"])
+    scheduler.set_timesteps(settings["steps"], device=dev)
+    strength = settings["sdedit"]
+    skip = settings["steps"] - max(1, round(settings["steps"] * strength))
+    t0 = scheduler.timesteps[skip : skip + 1]
+    x = scheduler.add_noise(init, noise * scheduler.init_noise_sigma, t0) if strength < 1 else noise * scheduler.init_noise_sigma
+    hdelta = _hdelta(gens, dev, dt)
+    return decode(adapter, denoise(adapter, x, text, settings, strength, hdelta, progress, base, total))
+
+
+def _hdelta(gens: list[Generation], dev, dt) -> torch.Tensor | None:
+    if not any("hspace" in g.roles for g in gens):
+        return None
+    shape = next(g.roles["hspace"].space.shape for g in gens if "hspace" in g.roles)
+    return torch.stack([g.roles["hspace"].tensor if "hspace" in g.roles else torch.zeros(shape)
+                        for g in gens]).to(dev, dt)
+
+
+@torch.no_grad()
+def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> list[Latent]:
+    """Mean mid-block activation over the first ``steps`` denoising steps of each generation (conditional half)."""
+    space = adapter.hspace_space()
+    out = []
+    for g in tqdm(gens, desc="h-space", leave=False, disable=None):
+        s = adapter._settings(g.settings)
+        if s["steps"] < steps:
+            raise StudioError(f"h-space probing over {steps} steps needs generations of at least {steps} steps")
+        seen: list[torch.Tensor] = []
+        noise = g.roles["noise"].tensor[None].to(adapter.device, adapter.dtype)
+        x = noise * adapter._scheduler(s["scheduler"]).init_noise_sigma
+        text = g.roles["text"].tensor[None].to(adapter.device, adapter.dtype)
+        with hspace_probe(adapter.pipe.unet, seen):
+            _first_steps(adapter, x, text, s, steps)
+        acts = torch.stack([a[-1] for a in seen[:steps]])  # conditional half is last; [steps, C, h, w]
+        h = acts.mean(0)
+        if tuple(h.shape) != space.shape:
+            raise StudioError(f"h-space activations of shape {tuple(h.shape)} do not fit {space}")
+        out.append(Latent(h, space, {"model": adapter.spec, "steps": steps},
+                          Lineage("hspace-probe", {"steps": steps})))
+    return out
+
+
+def _first_steps(adapter: DiffusionAdapter, x: torch.Tensor, text: torch.Tensor, s: dict, steps: int) -> None:
+    """Run only the first ``steps`` steps of the schedule (the probe records along the way)."""
+    scheduler = adapter._scheduler(s["scheduler"])
+    scheduler.set_timesteps(s["steps"], device=adapter.device)
+    guided = s["guidance"] > 1
+    cond = torch.cat([adapter._negative_embeds(s["negative_prompt"], 1), text]) if guided else text
+    for t in scheduler.timesteps[:steps]:
+        inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+        eps = adapter.pipe.unet(inp, t, encoder_hidden_states=cond).sample
+        if guided:
+            e_u, e_c = eps.chunk(2)
+            eps = e_u + s["guidance"] * (e_c - e_u)
+        x = scheduler.step(eps, t, x).prev_sample
+
+
+@torch.no_grad()
+def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", steps: int = 50) -> Generation:
+    """DDIM inversion: the noise latent that re-renders ``image`` with DDIM, guidance 1, ``steps`` steps."""
+    pipe = adapter.pipe
+    x = from_pil(image)[None].to(adapter.device, adapter.dtype)  # [1, 3, H, W]
+    _, _, h, w = x.shape
+    if (h, w) != (adapter.default_settings()["height"], adapter.default_settings()["width"]):
+        d = adapter.default_settings()
+        image = image.resize((d["width"], d["height"]), Image.LANCZOS)
+        x = from_pil(image)[None].to(adapter.device, adapter.dtype)
+        _, _, h, w = x.shape
+    latents = scaled(adapter, pipe.vae.encode(x).latent_dist.mean)  # [1, C, h, w]
+    text = adapter.encode_text([prompt])
+    inverse = diffusers.DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    forward = adapter._scheduler("DDIMScheduler")
+    inverse.set_timesteps(steps, device=adapter.device)
+    for t in tqdm(inverse.timesteps, desc="invert", leave=False, disable=None):
+        eps = pipe.unet(inverse.scale_model_input(latents, t), t, encoder_hidden_states=text).sample
+        latents = inverse.step(eps, t, latents).prev_sample
+    noise = (latents[0] / forward.init_noise_sigma).to("cpu", torch.float32)  # stored unscaled
+    settings = {**adapter.default_settings(), "steps": steps, "guidance": 1.0, "scheduler": "DDIMScheduler",
+                "height": h, "width": w}
+    meta = {"prompt": prompt, "model": adapter.spec}
+    lineage = Lineage("ddim-invert", {"steps": steps, "prompt": prompt})
+    roles = {"noise": Latent(noise, adapter.noise_space(h, w), {**meta, "scale": "unscaled"}, lineage),
+             "text": Latent(text[0].to("cpu", torch.float32), adapter.text_space, {**meta, "scale": "none"}, lineage)}
+    return Generation(roles, adapter.spec, settings, meta, lineage)

@@ -1,0 +1,160 @@
+"""Attribute vectors: the makers' maths, applying them, h-space and SDEdit modes, inversion."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXT, vector
+from PIL import Image
+
+from studio import vectors as vx
+from studio.errors import SpaceMismatch, StudioError
+from studio.objects import Latent, Vector
+from studio.space import Space
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_TO_NIGHT = ROOT / "prompts" / "vectors" / "day_to_night.yaml"
+SPACE = Space("gan-w", "stylegan-test", (16,))
+
+
+def planted(n=200, seed=0):
+    """Two sets that differ along one planted direction, plus a nuisance axis of large variance."""
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(16)
+    direction[3] = 1.0
+    base = torch.randn(2 * n, 16, generator=g)
+    base[:, 0] *= 10  # the biggest variance is NOT the attribute
+    a = [Latent(x, SPACE) for x in base[:n]]
+    b = [Latent(x + 2.0 * direction, SPACE) for x in base[n:]]
+    return a, b, direction
+
+
+def test_mean_difference_and_boundary_find_the_planted_direction():
+    a, b, d = planted()
+    for maker in (vx.mean_difference, vx.linear_boundary):
+        v, space = maker(a, b)
+        assert space == SPACE
+        cos = torch.nn.functional.cosine_similarity(v, d, 0).item()
+        assert cos > 0.9, (maker.__name__, cos)
+        assert torch.dot(v, d).item() == pytest.approx(2.0, rel=0.15)  # strength 1 = the average gap
+
+
+def test_vector_makers_refuse_mixed_spaces_and_tiny_sets():
+    a, b, _ = planted(5)
+    other = [Latent(torch.zeros(8), Space("gan-w", "stylegan-other", (8,)))] * 3
+    with pytest.raises(SpaceMismatch, match="stylegan-other"):
+        vx.mean_difference(a, other)
+    with pytest.raises(StudioError, match="at least 2"):
+        vx.linear_boundary(a[:1], b)
+
+
+def test_pca_orders_directions_by_variance():
+    a, _, _ = planted()
+    x = torch.stack([lat.tensor for lat in a])
+    dirs, ratios = vx.principal_directions(x, 3)
+    assert dirs.shape == (3, 16) and ratios[0] > 0.5 and bool((ratios[:-1] >= ratios[1:]).all())
+    assert abs(dirs[0][0].item()) / dirs[0].norm().item() > 0.99  # the big nuisance axis first
+    assert dirs[0].norm().item() == pytest.approx(x[:, 0].std().item(), rel=0.05)  # one standard deviation
+
+
+def test_conditional_vector_is_orthogonal_to_the_conditions():
+    v, c1, c2 = vector(1, TEXT), vector(2, TEXT), vector(3, TEXT)
+    out = Vector(vx.conditional(v, [c1, c2]), TEXT)
+    assert abs(vx.cosine(out, c1)) < 1e-5 and abs(vx.cosine(out, c2)) < 1e-5
+    assert vx.cosine(out, v) > 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from studio.session import Session
+
+    s = Session(tmp_path_factory.mktemp("vec"))
+    s.sample("tiny-sd", "a street", 1, name="scene", steps=6)
+    return s
+
+
+def test_day_to_night_is_the_mean_embedding_difference_over_templates(tiny):
+    import yaml
+
+    stored = tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    assert stored.name == "day_to_night"
+    spec = yaml.safe_load(DAY_TO_NIGHT.read_text())
+    adapter = tiny.adapter("tiny-sd")
+    night = adapter.encode_text([t.format(spec["to"]) for t in spec["templates"]]).double()
+    day = adapter.encode_text([t.format(spec["from"]) for t in spec["templates"]]).double()
+    assert torch.allclose(stored.obj.tensor, (night - day).mean(0).float(), atol=1e-6)
+    assert stored.obj.space == adapter.spaces()["text"] and stored.obj.method == "prompt-pair"
+
+
+def test_applying_a_text_vector_moves_the_text_by_exactly_strength_times_vector(tiny):
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    scene, v = tiny.get("scene"), tiny.get("day_to_night")
+    out = tiny.vectors.apply("scene", "day_to_night", [0.7, -1.5], name="night")
+    for stored, s in zip(out, (0.7, -1.5)):
+        g = stored.obj
+        assert torch.equal(g.roles["noise"].tensor, scene.roles["noise"].tensor)  # the composition stays
+        assert torch.equal(g.roles["text"].tensor, scene.roles["text"].tensor + v.tensor * s)
+        assert g.lineage.op == "add" and g.lineage.params["s"] == s
+        assert g.lineage.parents == (tiny.library.resolve("scene"), tiny.library.resolve("day_to_night"))
+    assert tiny.library.resolve("night-1") == out[0].id
+
+
+def test_vector_of_another_space_is_a_clear_error(tiny):
+    z = Vector(torch.ones(32), Space("gan-z", "stylegan-xyz", (32,)), "pca")
+    tiny.library.put(z, "zdir")
+    with pytest.raises(SpaceMismatch, match="gan-z\\[stylegan-xyz\\]"):
+        tiny.vectors.apply("scene", "zdir", [1.0])
+
+
+def test_vectors_survive_export_and_import_with_their_metadata(tiny, tmp_path):
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    path = tiny.export("day_to_night", tmp_path / "v.safetensors")
+    from studio.session import Session
+
+    other = Session(tmp_path / "other")
+    (back,) = other.import_file(path, name="dn")
+    v = other.get("dn")
+    assert isinstance(v, Vector) and v.method == "prompt-pair"
+    assert v.meta["attribute"] == {"name": "time of day", "from": "day", "to": "night"}
+    assert torch.equal(v.tensor, tiny.get("day_to_night").tensor)
+
+
+def test_hspace_vectors_shift_the_bottleneck_only_when_present(tiny):
+    tiny.sample("tiny-sd", "a dog", 10, count=3, name="dog", tags=["A"], steps=6)
+    tiny.sample("tiny-sd", "a cat", 20, count=3, name="cat", tags=["B"], steps=6)
+    a = [r.id for r in tiny.library.ls(tag="A")]
+    b = [r.id for r in tiny.library.ls(tag="B")]
+    hv = tiny.vectors.from_sets(a, b, role="hspace", name="hcat")
+    adapter = tiny.adapter("tiny-sd")
+    assert hv.obj.space == adapter.hspace_space() and hv.obj.space.kind == "hspace"
+    (shifted,) = tiny.vectors.apply("scene", "hcat", [3.0], mode="hspace")
+    assert set(shifted.obj.roles) == {"noise", "text", "hspace"}
+    base, moved = tiny.render([tiny.get("scene"), shifted.obj])
+    again = tiny.render([tiny.get("scene")])[0]
+    assert np.array_equal(np.asarray(base), np.asarray(again))
+    assert np.abs(np.asarray(base, float) - np.asarray(moved, float)).mean() > 0.5
+    with pytest.raises(StudioError, match="mode latent needs a latent-space vector; hcat is in hspace"):
+        tiny.vectors.apply("scene", "hcat", [1.0], mode="latent")
+
+
+def test_sdedit_loop_matches_the_pipeline_and_is_deterministic(tiny):
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    original = np.asarray(tiny.render([tiny.get("scene")])[0], float)
+    full, = tiny.vectors.apply("scene", "day_to_night", [0.0], mode="sdedit", sdedit_strength=1.0)
+    # at strength 1 the init picture is ignored: the studio's own loop must agree with diffusers'
+    assert np.abs(np.asarray(tiny.render([full.obj])[0], float) - original).mean() < 1.0
+    low, = tiny.vectors.apply("scene", "day_to_night", [1.0], mode="sdedit", sdedit_strength=0.3)
+    assert set(low.obj.roles) == {"noise", "text", "init"} and low.obj.settings["sdedit"] == 0.3
+    assert low.obj.lineage.op == "sdedit"
+    a, b = tiny.render([low.obj, low.obj])
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ddim_inversion_is_deterministic_and_renders_at_the_model_size(tiny, tmp_path):
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    adapter = tiny.adapter("tiny-sd")
+    g1, g2 = adapter.invert(picture, "", steps=5), adapter.invert(picture, "", steps=5)
+    assert torch.equal(g1.roles["noise"].tensor, g2.roles["noise"].tensor)
+    assert g1.settings["guidance"] == 1.0 and g1.settings["scheduler"] == "DDIMScheduler"
+    assert tiny.render([g1])[0].size == (64, 64)
