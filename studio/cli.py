@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import numpy as np
 
 from studio.errors import StudioError
 from studio.session import DEFAULT_MODEL, Session, Stored
@@ -421,9 +422,11 @@ def vectors():
 @click.option("--role", default=None, help="Role of generations to use: text, noise, z, w, or hspace "
               "(UNet bottleneck; default: text for diffusion, the GAN's latent otherwise).")
 @click.option("--hspace-steps", type=int, default=5, show_default=True, help="Steps averaged for --role hspace.")
+@click.option("--attribute", default=None, metavar="NAME:FROM:TO",
+              help="What the vector edits, for scoring (e.g. style:noto:twemoji).")
 @click.option("--name", default=None, help="Name to store the vector under.")
 @click.pass_context
-def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_steps, name):
+def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_steps, attribute, name):
     """A direction from set A to set B of stored generations or latents.
 
     \b
@@ -434,7 +437,16 @@ def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_st
     session = _session(ctx)
     a = _refs(session, refs_a, a_tag, "A")
     b = _refs(session, refs_b, b_tag, "B")
-    _print_stored([session.vectors.from_sets(a, b, method, role, name, hspace_steps=hspace_steps)], False)
+    _print_stored([session.vectors.from_sets(a, b, method, role, name, _attribute(attribute), hspace_steps)], False)
+
+
+def _attribute(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise StudioError(f"--attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {text!r}")
+    return {"name": parts[0].strip(), "from": parts[1].strip(), "to": parts[2].strip()}
 
 
 @vectors.command(name="from-prompts")
@@ -514,6 +526,76 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
         with progress_bar("render", not as_json) as cb:
             paths = session.render_to(items, out, cb)
     _print_stored(items, as_json, paths)
+
+
+@vectors.command(name="score")
+@click.argument("vector")
+@click.option("--strengths", default="0,0.5,1,1.5,2", show_default=True, help="Comma-separated strengths.")
+@click.option("-n", "count", type=int, default=36, show_default=True, help="Source samples per strength.")
+@click.option("--seed", type=int, default=1000, show_default=True, help="First seed of the source samples.")
+@click.option("--model", "-m", default=None, help="Model to sample from (default: the vector's).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="out/score", show_default=True,
+              help="Folder for score.png (the curves) and strip.png (examples).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def vectors_score(ctx, vector, strengths, count, seed, model, out, as_json):
+    """Sweep strengths and judge the edits: flip rate, preservation of the other attribute, pixel change.
+
+    \b
+    Example:
+      studio vectors score noto_to_twemoji --strengths 0,1,2,3 --out out/style
+    """
+    from studio.scoring import score_vector, summary_table
+
+    session = _session(ctx)
+    with progress_bar("score", not as_json) as cb:
+        result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    a = result["attribute"]
+    click.echo(f"{vector}: {a['name']} {a['from']} -> {a['to']} on {result['model']}")
+    click.echo(summary_table(result))
+    click.echo(f"plot: {result['plot']}\nstrip: {result['strip']}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", default=None, help=f"Model to invert into (default: {DEFAULT_MODEL}).")
+@click.option("--prompt", "-p", default="", help="Prompt to condition the inversion on (diffusion).")
+@click.option("--steps", type=int, default=None, help="DDIM steps (diffusion, default 50) or optimisation steps "
+              "(GAN projection, default 300).")
+@click.option("--category", default=None, help="Class of a conditional GAN to project into.")
+@click.option("--style", default=None, help="Style of a conditional GAN to project into.")
+@click.option("--name", default=None, help="Name to store the inverted generation under.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Render the reconstruction here (and print its PSNR).")
+@click.pass_context
+def invert(ctx, image, model, prompt, steps, category, style, name, out):
+    """Turn a picture into a stored generation that re-renders it, so it can be edited.
+
+    \b
+    Diffusion models: VAE encode, then DDIM inversion to the starting noise.
+    GAN models: projection into w by optimisation (pixel + perceptual loss).
+    \b
+    Examples:
+      studio invert cat.png --name mycat --out out/
+      studio vectors apply mycat noto_to_twemoji -s 1 --out out/
+    """
+    session = _session(ctx)
+    stored = session.invert(image, model, prompt, steps, name, category=category, style=style)
+    paths = None
+    if out:
+        with progress_bar("render", True) as cb:
+            paths = session.render_to([stored], out, cb)
+        from studio.scoring import psnr
+        from studio.session import open_image
+
+        original = open_image(image)
+        rendered = open_image(paths[0])
+        click.echo(f"reconstruction PSNR {psnr(np.asarray(original.resize(rendered.size)), np.asarray(rendered)):.2f} dB",
+                   err=True)
+    _print_stored([stored], False, paths)
 
 
 if __name__ == "__main__":

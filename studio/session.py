@@ -267,6 +267,23 @@ class Session:
         lat.lineage = Lineage("encode", {"file": Path(path).name})
         return Stored(self.library.put(lat, name), name, lat)
 
+    def invert(self, path: str | os.PathLike, model: str | None = None, prompt: str = "", steps: int | None = None,
+               name: str | None = None, **options: Any) -> Stored:
+        """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
+        if name is not None:
+            check_name(name)
+        image = open_image(path)
+        adapter = self.adapter(model)
+        if hasattr(adapter, "invert"):
+            gen = adapter.invert(image, prompt, steps or 50)
+        elif hasattr(adapter, "project"):
+            gen = adapter.project(image, steps or 300, **{k: v for k, v in options.items() if v is not None})
+        else:
+            raise StudioError(f"model {adapter.spec} cannot invert pictures")
+        gen.lineage = Lineage(gen.lineage.op if gen.lineage else "invert",
+                              {**(gen.lineage.params if gen.lineage else {}), "file": Path(path).name})
+        return Stored(self.library.put(gen, name), name, gen)
+
     # ---- looking ----
 
     def describe(self, ref: str) -> dict[str, Any]:
