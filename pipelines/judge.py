@@ -201,7 +201,8 @@ class EmojiJudge(nn.Module):
             for k, v in self.state_dict().items()
         }
         tmp = folder / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        os.chmod(tmp, 0o644)  # safetensors may create the file private; these weights are shipped
         os.replace(tmp, folder / WEIGHTS_FILE)
         cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
         tmp = folder / (CONFIG_FILE + ".tmp")

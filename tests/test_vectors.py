@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEXT, vector
 from PIL import Image
 
+from conftest import TEXT, vector
 from studio import vectors as vx
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Latent, Vector
