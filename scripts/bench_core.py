@@ -15,7 +15,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -86,7 +85,7 @@ def bench_library(count: int) -> None:
         gens = [generation(i) for i in range(30)]
         ids = []
         save = timed(lambda: ids.append(lib.put(gens[len(ids)])), len(gens))
-        load = [t for object_id in ids for t in timed(lambda: lib.get(object_id), 1)]
+        load = [t for object_id in ids for t in timed(lambda object_id=object_id: lib.get(object_id), 1)]
         size = lib.path_of(ids[0]).stat().st_size / 1024
         print(f"library  one generation of {size:.0f} KiB (noise 4x64x64 + text 77x768), {len(gens)} each")
         print(f"  save (atomic, fsync) : {statistics.median(save) * 1e3:8.2f} ms median, max {max(save) * 1e3:.2f}")
