@@ -245,3 +245,18 @@ class EmojiJudge(nn.Module):
 def load_judge(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> EmojiJudge:
     """The emoji-judge from ``folder`` (default: the embedded one shipped with the package)."""
     return EmojiJudge.from_pretrained(folder, device=device)
+
+
+def load_probes(folder: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Attribute probes shipped beside the judge (scripts/build_probes.py): name -> meta with weight and bias."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else EMBEDDED_DIR
+    meta_path, w_path = folder / "probes.json", folder / "probes.safetensors"
+    if not meta_path.is_file() or not w_path.is_file():
+        return {}
+    tensors = load_file(w_path)
+    probes = json.loads(meta_path.read_text())
+    for name, meta in probes.items():
+        meta["weight"], meta["bias"] = tensors[f"{name}.weight"], tensors[f"{name}.bias"]
+    return probes

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from studio import algebra
@@ -48,12 +49,26 @@ def emoji_prompts(path: str | os.PathLike | None = None) -> list[str]:
 
 
 def load_judge():
+    """The emoji-judge and its attribute probes."""
     from pipelines.judge import load_judge as load
+    from pipelines.judge import load_probes
 
     try:
-        return load()
+        return load(), load_probes()
     except Exception as exc:  # missing folder or weights: say what to do
         raise StudioError(f"scoring needs the emoji-judge model (pipelines/embedded/emoji-judge): {exc}") from None
+
+
+def judged(judge, probes: dict, images: list[Image.Image]) -> dict[str, list[str]]:
+    """The judge's verdicts (category, style) plus one per attribute probe."""
+    verdict = judge.predict(images)
+    out = {"category": verdict["category"], "style": verdict["style"]}
+    if probes:
+        with torch.no_grad():
+            f = judge.features(judge.images_to_tensor(images, judge.config.image_size)).float()
+        for name, p in probes.items():
+            out[name] = [p["to"] if s > 0 else p["from"] for s in (f @ p["weight"] + p["bias"]).tolist()]
+    return out
 
 
 def source_generations(session: Session, model: str, attribute: dict, n: int, seed: int,
@@ -77,24 +92,26 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     if not isinstance(v, Vector):
         raise StudioError(f"{vector_ref} is a {v.kind}, not a vector")
     attribute = v.meta.get("attribute") or {}
-    if attribute.get("name") not in OTHER:
-        raise StudioError(f"the judge scores style and category; {vector_ref} edits "
-                          f"{attribute.get('name') or 'an unnamed attribute'} (set its attribute when building it)")
     if not strengths or not 1 <= n <= 4096:
         raise StudioError("give at least one strength and 1..4096 samples")
     model = model or v.meta.get("model")
-    judge = load_judge()
-    key, other = attribute["name"], OTHER[attribute["name"]]
+    judge, probes = load_judge()
+    key = attribute.get("name")
+    if key not in OTHER and key not in probes:
+        known = ", ".join(list(OTHER) + list(probes))
+        raise StudioError(f"the judge knows the attributes {known}; {vector_ref} edits "
+                          f"{key or 'an unnamed attribute'} (set its attribute when building it)")
+    other = OTHER.get(key, "style")  # a probed attribute should leave the art style alone
     target = attribute.get("to")
     base = source_generations(session, model, attribute, n, seed)
     edited = {s: [algebra.add(g, algebra.scale(v, s)) for g in base] for s in strengths}
     images = session.render(base + [g for s in strengths for g in edited[s]], progress)
     base_img, rest = images[:n], images[n:]
-    verdict0 = judge.predict(base_img)
+    verdict0 = judged(judge, probes, base_img)
     rows, strip = [], [base_img[: min(n, 6)]]
     for k, s in enumerate(strengths):
         ims = rest[k * n : (k + 1) * n]
-        verdict = judge.predict(ims)
+        verdict = judged(judge, probes, ims)
         flip = np.mean([x == target for x in verdict[key]])
         keep = np.mean([a == b for a, b in zip(verdict[other], verdict0[other])])
         change = np.mean([np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() / 255 for a, b in zip(ims, base_img)])
@@ -121,7 +138,7 @@ def plot_scores(rows: list[ScoreRow], attribute: dict, path: Path) -> Path:
     s = [r.strength for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     ax.plot(s, [r.flip_rate for r in rows], "o-", label=f"flip rate ({attribute.get('from')} -> {attribute.get('to')})")
-    ax.plot(s, [r.preservation for r in rows], "s-", label=f"{OTHER[attribute['name']]} preserved")
+    ax.plot(s, [r.preservation for r in rows], "s-", label=f"{OTHER.get(attribute['name'], 'style')} preserved")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("strength")
     ax.set_ylabel("fraction of samples")
@@ -157,8 +174,9 @@ def save_strip(columns: list[list[Image.Image]], titles: list[str], path: Path, 
 
 def summary_table(result: dict[str, Any]) -> str:
     """The rows as a fixed-width table."""
-    lines = [f"{'strength':>9} {'flip':>7} {'preserved':>10} {'pixel Δ':>8} {'n':>4}"]
+    other = OTHER.get(result["attribute"].get("name"), "style")
+    lines = [f"{'strength':>9} {'flip':>7} {other + ' kept':>14} {'pixel Δ':>8} {'n':>4}"]
     for r in result["rows"]:
-        lines.append(f"{r['strength']:>9.2f} {r['flip_rate']:>7.1%} {r['preservation']:>10.1%} "
+        lines.append(f"{r['strength']:>9.2f} {r['flip_rate']:>7.1%} {r['preservation']:>14.1%} "
                      f"{r['pixel_change']:>8.3f} {r['n']:>4}")
     return "\n".join(lines)

@@ -158,3 +158,28 @@ def test_ddim_inversion_is_deterministic_and_renders_at_the_model_size(tiny, tmp
     assert torch.equal(g1.roles["noise"].tensor, g2.roles["noise"].tensor)
     assert g1.settings["guidance"] == 1.0 and g1.settings["scheduler"] == "DDIMScheduler"
     assert tiny.render([g1])[0].size == (64, 64)
+
+
+def test_scoring_sweeps_strengths_with_the_judge_and_draws_the_plot(tiny, tmp_path):
+    from studio.scoring import score_vector, summary_table
+
+    # tiny-sd reads 16 characters: a short definition, so the phrases are not cut off
+    definition = {"from": "noto", "to": "twemoji", "templates": ["cat, {}"],
+                  "attribute": {"name": "style", "from": "noto", "to": "twemoji"}}
+    tiny.vectors.from_prompts(definition, "tiny-sd", name="style_short")
+    result = score_vector(tiny, "style_short", [0.0, 2.0], n=3, out=tmp_path)
+    assert [r["strength"] for r in result["rows"]] == [0.0, 2.0]
+    first = result["rows"][0]
+    assert first["preservation"] == 1.0 and first["pixel_change"] == 0.0  # strength 0 changes nothing
+    assert first["flip_rate"] == result["baseline_style"]
+    assert Image.open(result["plot"]).size[0] > 300 and Image.open(result["strip"]).size == (3 * 64, 14 + 3 * 64)
+    assert result["rows"][1]["pixel_change"] > 0.01
+    assert "category kept" in summary_table(result).splitlines()[0]
+
+
+def test_scoring_refuses_an_attribute_the_judge_does_not_know(tiny):
+    from studio.scoring import score_vector
+
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    with pytest.raises(StudioError, match="the judge knows the attributes style, category, sky"):
+        score_vector(tiny, "day_to_night", [1.0], n=2)
