@@ -30,19 +30,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "emoji-judge"
 
-# The order is the class id; it matches scripts/emoji_data.py (CATEGORIES, STYLES).
-CATEGORIES = [
-    "Smileys & Emotion",
-    "People & Body",
-    "Animals & Nature",
-    "Food & Drink",
-    "Travel & Places",
-    "Activities",
-    "Objects",
-    "Symbols",
-    "Flags",
-]
-STYLES = ["noto", "twemoji"]
+from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: E402  (the class order)
 
 
 class JudgeError(ValueError):

@@ -24,19 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Fixed orders: an index into these lists is a class id for every model trained on the set.
-CATEGORIES: list[str] = [
-    "Smileys & Emotion",
-    "People & Body",
-    "Animals & Nature",
-    "Food & Drink",
-    "Travel & Places",
-    "Activities",
-    "Objects",
-    "Symbols",
-    "Flags",
-]
-STYLES: list[str] = ["noto", "twemoji"]
+from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: E402,F401  (the class order of every model)
+
 SKIN_TONES: list[str] = ["light", "medium-light", "medium", "medium-dark", "dark"]
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 

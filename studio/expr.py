@@ -216,15 +216,22 @@ def parse(source: str) -> Node:
 
 def refs(node: Node) -> list[str]:
     """The @names an expression uses, in order of first appearance."""
+    return _names(node, Ref)
+
+
+def variables(node: Node) -> list[str]:
+    """The bare variables (sweep parameters) an expression uses."""
+    return _names(node, Var)
+
+
+def _names(node: Node, kind: type) -> list[str]:
     out: list[str] = []
-
-    def walk(n: Node) -> None:
-        if isinstance(n, Ref) and n.name not in out:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, kind) and n.name not in out:
             out.append(n.name)
-        for child in _children(n):
-            walk(child)
-
-    walk(node)
+        stack.extend(reversed(_children(n)))
     return out
 
 
@@ -236,20 +243,6 @@ def _children(n: Node) -> list[Node]:
     if isinstance(n, Call):
         return list(n.args) + [v for _, v in n.kwargs]
     return []
-
-
-def variables(node: Node) -> list[str]:
-    """The bare variables (sweep parameters) an expression uses."""
-    out: list[str] = []
-
-    def walk(n: Node) -> None:
-        if isinstance(n, Var) and n.name not in out:
-            out.append(n.name)
-        for child in _children(n):
-            walk(child)
-
-    walk(node)
-    return out
 
 
 _BINOPS = {"+": algebra.add, "-": algebra.sub, "*": algebra.scale, "/": algebra.div}
