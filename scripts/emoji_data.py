@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: E402,F401  (the class order of every model)
+from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: F401  (the class order of every model)
 
 SKIN_TONES: list[str] = ["light", "medium-light", "medium", "medium-dark", "dark"]
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
