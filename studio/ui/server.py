@@ -1,0 +1,163 @@
+"""Serving the studio: which model opens, login, share link, queue bounds, served folders, upload cap.
+
+``launch`` is what ``studio ui`` calls; tests call it with ``block=False`` and close the app.
+Only ``<STUDIO_HOME>/outputs`` and ``<STUDIO_HOME>/thumbs`` are allowed paths (plus gradio's own
+upload cache, which ``studio ui`` moves under ``<STUDIO_HOME>/.ui-cache``); the library's object
+files and index are blocked outright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.errors import StudioError
+from studio.session import DEFAULT_MODEL, Session
+
+FALLBACK_MODEL = "tiny-sd"  # builds from code: always there
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_UPLOAD = "25mb"  # pictures, recipes and latents are small; a bigger upload is a mistake or an attack
+QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
+CONCURRENCY = 4  # requests worked on at once; each model's lock still lets one request at a time use it
+CACHE_CLEANUP = (3600, 24 * 3600)  # every hour, delete gradio cache files older than a day
+
+
+@dataclass
+class Running:
+    """A launched studio: the Blocks, where it listens, and what was said about it."""
+
+    demo: object
+    studio: object
+    local_url: str
+    share_url: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.demo.close()
+
+
+def parse_auth(auth: str | None = None, auth_file: str | os.PathLike | None = None) -> list[tuple[str, str]] | None:
+    """Logins from ``USER:PASS`` and/or a file of ``USER:PASS`` lines (blank lines and # comments skipped)."""
+    entries: list[tuple[str, str]] = []
+    lines: list[tuple[str, str]] = []
+    if auth is not None:
+        lines.append((auth, "--auth"))
+    if auth_file is not None:
+        try:
+            text = Path(auth_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudioError(f"cannot read the auth file {auth_file}: {exc}") from None
+        lines += [(line.strip(), f"{auth_file} line {i}") for i, line in enumerate(text.splitlines(), 1)
+                  if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise StudioError(f"the auth file {auth_file} holds no USER:PASS line")
+    for line, where in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise StudioError(f"{where}: expected USER:PASS")
+        entries.append((user.strip(), password))
+    return entries or None
+
+
+def choose_model(session: Session, requested: str | None) -> tuple[str, str | None, str | None]:
+    """Load the model the UI opens with: the one asked for, or the default with a fallback.
+
+    Returns (model spec, a notice for the page, why the default could not load).
+    """
+    if requested:
+        session.adapter(requested)  # a StudioError here ends the command with its message
+        return requested, None, None
+    try:
+        session.adapter(DEFAULT_MODEL)
+        return DEFAULT_MODEL, None, None
+    except StudioError as exc:
+        session.adapter(FALLBACK_MODEL)
+        return FALLBACK_MODEL, (f"The default model {DEFAULT_MODEL} could not be loaded, so the studio opened with "
+                                f"{FALLBACK_MODEL}: random weights, its pictures are noise. Pick another model "
+                                "under Generate."), str(exc)
+
+
+def own_temp_dir(home: Path) -> Path:
+    """Keep gradio's upload/cache folder inside the studio's home (call before the app is built)."""
+    folder = Path(home) / ".ui-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(folder))
+    return Path(os.environ["GRADIO_TEMP_DIR"])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
+           share: bool = False, auth: list[tuple[str, str]] | None = None, max_file_size: str | int = MAX_UPLOAD,
+           queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY, block: bool = True,
+           echo: Callable[[str], None] = print) -> Running:
+    """Build and start the studio; with ``block`` serve until interrupted, else return the running app."""
+    from studio.ui.app import CSS, THEME, build
+    from studio.ui.handlers import Studio
+
+    spec, notice, why = choose_model(session, model)
+    studio = Studio(session, spec, notice)
+    demo = build(studio)
+    demo.delete_cache = CACHE_CLEANUP
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    messages: list[str] = []
+
+    def say(line: str) -> None:
+        messages.append(line)
+        echo(line)
+
+    if notice:
+        say(f"notice: {notice} ({why})")
+    if share and not auth:
+        say("warning: --share without a login makes this studio (its library, its models, your disk space) "
+            "reachable by anyone who has the link; add --auth USER:PASS or --auth-file FILE")
+    if not is_loopback(host) and not auth:
+        say(f"warning: listening on {host} without a login; anyone on your network can use the studio")
+    home = session.library.home
+    gradio_said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(gradio_said):  # gradio prints its share failure; we say it plainly
+            demo.launch(server_name=host, server_port=port, share=share, auth=auth,
+                        auth_message="Latent Studio: log in", prevent_thread_lock=True, quiet=True,
+                        show_error=False, allowed_paths=[str(studio.outputs), str(studio.thumbs)],
+                        blocked_paths=[str(session.library.objects_dir), str(home / "index.sqlite")],
+                        max_file_size=max_file_size, theme=THEME, css=CSS, ssr_mode=False,
+                        enable_monitoring=False, mcp_server=False)
+    except OSError as exc:
+        raise StudioError(f"cannot listen on {host}:{port}: {exc}") from None
+    running = Running(demo, studio, demo.local_url, demo.share_url, messages)
+    say(f"Latent Studio running at {demo.local_url} (model {spec}, library {home})")
+    if share:
+        if demo.share_url:
+            say(f"public link: {demo.share_url}")
+        else:
+            why = next((line.strip() for line in gradio_said.getvalue().splitlines()
+                        if "Could not create share link" in line), "")
+            why = why.removeprefix("Could not create share link").strip(" .")
+            if why.startswith(("Missing file", "Please check")):  # what gradio says when it is offline
+                why = ""
+            say("warning: --share failed: the public share link could not be created (the gradio.live tunnel "
+                "could not be reached; this machine may be offline or behind a firewall"
+                + (f"; gradio said: {why}" if why else "") + f"). The studio keeps running locally at "
+                f"{demo.local_url}")
+    if block:
+        try:
+            demo.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            demo.close()
+    return running

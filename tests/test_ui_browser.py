@@ -1,0 +1,190 @@
+"""The studio in headless Chromium: generate, name, interpolate, apply a vector, render a recipe by clicking.
+
+Saves a screenshot of every tab into ``$UI_SCREENSHOTS`` (or the test's tmp folder). Uses
+Debian's Chromium (``scripts/setup.sh --test`` installs it); skipped only where it is absent
+and not in CI (``CI`` set): there a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from studio.session import Session  # noqa: E402
+from studio.ui import server  # noqa: E402
+from studio.ui.handlers import Studio  # noqa: E402
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT = 90_000  # ms; a render on a busy 2-core machine can take a while
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    session = Session(tmp_path_factory.mktemp("browser-home"))
+    running = server.launch(session, "tiny-sd", port=free_port(), block=False, echo=lambda line: None)
+    yield running.local_url
+    running.close()
+    session.library.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}; run scripts/setup.sh --test")
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(WAIT)
+        page.goto(url)
+        page.wait_for_selector("#generate-btn")
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(page, elem_id: str, *values: str) -> None:
+    """Type values into a dropdown (custom values allowed: names and ids)."""
+    box = page.locator(f"#{elem_id} input[role=combobox]")
+    for v in values:
+        box.click()
+        box.fill(v)
+        box.press("Enter")
+    box.press("Escape")
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def images(page, elem_id: str):
+    return page.locator(f"#{elem_id} img")
+
+
+def generate_and_name(page, prompt: str, seed: int, names: list[str]) -> None:
+    expect = sync_api.expect
+    fill(page, "prompt", prompt)
+    set_number(page, "seed", seed)
+    set_number(page, "count", len(names))
+    page.click("#generate-btn")
+    expect(page.locator("#gen-status")).to_contain_text(f"seed{'s' if len(names) > 1 else ''} {seed}")
+    for i, name in enumerate(names):
+        page.locator(f"#gen-gallery button[aria-label='Thumbnail {i + 1} of {len(names)}']").first.click()
+        expect(page.locator("#gen-selected textarea, #gen-selected input").first).not_to_have_value("")
+        fill(page, "gen-name", name)
+        page.click("#gen-save")
+        expect(page.locator("#gen-status")).to_contain_text(name)
+
+
+def test_click_through_every_tab(page, shots):
+    expect = sync_api.expect
+
+    # Generate: two cats and two dogs, each named from the gallery
+    generate_and_name(page, "a cat", 5, ["bcat", "bcat2"])
+    generate_and_name(page, "a dog", 50, ["bdog", "bdog2"])
+    expect(page.locator("#title")).to_contain_text("4 stored objects")
+    page.screenshot(path=str(shots / "1-generate.png"), full_page=True)
+
+    # Interpolate: cat -> dog in 6 frames, GIF and MP4
+    open_tab(page, "Interpolate")
+    choose(page, "keys", "bcat", "bdog")
+    set_number(page, "frames", 6)
+    page.click("#interp-btn")
+    expect(images(page, "strip")).to_have_count(6)
+    expect(images(page, "gif")).to_have_count(1)
+    expect(page.locator("#mp4 video")).to_have_count(1)
+    page.locator("#strip button[aria-label='Thumbnail 3 of 6']").first.click()
+    fill(page, "frame-name", "bframe")
+    page.click("#frame-store")
+    expect(page.locator("#frame-info")).to_contain_text("bframe")
+    expect(page.locator("#title")).to_contain_text("5 stored objects")
+    page.screenshot(path=str(shots / "3-interpolate.png"), full_page=True)
+
+    # Attributes: a cat -> dog vector from the named sets, applied to a cat with a sweep
+    open_tab(page, "Attributes")
+    choose(page, "set-a", "bcat", "bcat2")
+    choose(page, "set-b", "bdog", "bdog2")
+    fill(page, "vec-name", "catdog")
+    fill(page, "vec-attr", "style:noto:twemoji")
+    page.click("#build-btn")
+    expect(page.locator("#vec-info")).to_contain_text("catdog")
+    choose(page, "vector", "catdog")
+    choose(page, "targets", "bcat")
+    page.click("#apply-btn")
+    expect(images(page, "applied")).to_have_count(1)
+    expect(images(page, "sweep")).to_have_count(5)
+    if Studio.can_score():  # the judge's verdict on the vector, as a plot
+        page.get_by_text("Score with the emoji-judge").click()
+        fill(page, "score-strengths", "0, 1")
+        set_number(page, "score-n", 2)
+        page.click("#score-btn")
+        expect(images(page, "score-plot")).to_have_count(1)
+    page.screenshot(path=str(shots / "4-attributes.png"), full_page=True)
+
+    # Recipe: live validation with the core's message, then render; then run the YAML recipe
+    open_tab(page, "Recipe")
+    fill(page, "expr", "slerp(@bcat, @bdog, 0.5")
+    expect(page.locator("#expr-check")).to_contain_text("expected ')'")
+    fill(page, "expr", "slerp(@bcat, @bdog, 0.5)")
+    expect(page.locator("#expr-check")).to_contain_text("✓ generation of tiny-sd")
+    fill(page, "expr-name", "bmid")
+    page.click("#render-btn")
+    expect(images(page, "expr-image")).to_have_count(1)
+    expect(page.locator("#expr-info")).to_contain_text("bmid")
+    page.click("#run-recipe")
+    expect(images(page, "run-gallery")).to_have_count(5)
+    page.screenshot(path=str(shots / "5-recipe.png"), full_page=True)
+
+    # Library: everything stored so far, one opened with its lineage
+    open_tab(page, "Library")
+    fill(page, "lib-search", "bmid")
+    page.click("#lib-search-btn")
+    expect(images(page, "lib-gallery")).to_have_count(1)
+    page.locator("#lib-gallery button.thumbnail-item").first.click()
+    expect(page.locator("#lib-meta")).to_contain_text("slerp")
+    expect(images(page, "lib-parents")).to_have_count(2)
+    fill(page, "lib-search", "")
+    page.click("#lib-search-btn")
+    expect(page.locator("#lib-table")).to_contain_text("catdog")
+    page.screenshot(path=str(shots / "2-library.png"), full_page=True)
+
+    # ... and deleted, after a confirmation
+    shown = images(page, "lib-gallery").count()
+    page.click("#lib-delete")
+    expect(page.locator("#lib-confirm")).to_be_visible()
+    page.click("#lib-confirm")
+    expect(images(page, "lib-gallery")).to_have_count(shown - 1)
+    expect(page.locator("#lib-confirm")).to_be_hidden()

@@ -1,0 +1,232 @@
+"""The studio's handlers without a browser: plain values in, stored objects and files out, errors as gr.Error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from studio import formats  # noqa: E402
+from studio.errors import ExpressionError  # noqa: E402
+from studio.session import Session  # noqa: E402
+from studio.ui.handlers import Studio  # noqa: E402
+
+STEPS = 2  # tiny-sd draws noise at any step count; two keep the module fast
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    session = Session(tmp_path_factory.mktemp("ui-home"))
+    yield Studio(session, "tiny-sd")
+    session.library.close()
+
+
+@pytest.fixture(scope="module")
+def pair(studio):
+    """Two named tiny-sd generations: cat and dog."""
+    _, _, ids = studio.generate("tiny-sd", "a cat", 100, 2, STEPS, 7.5, None, "", progress=None)
+    studio.name_item(ids[0], "cat", "animal")
+    studio.name_item(ids[1], "dog", "animal")
+    return ids
+
+
+class Recorder:
+    """Stands in for gr.Progress: remembers what it was told."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value, desc=None, total=None, unit="steps"):
+        self.calls.append((value, desc))
+
+
+def test_generate_stores_every_item_and_renders_pngs_that_carry_them(studio):
+    before = len(studio.session.library)
+    progress = Recorder()
+    gallery, info, ids = studio.generate("tiny-sd", "a fox", 7, 3, STEPS, 7.5, None, "fox, test", progress=progress)
+    assert len(gallery) == len(info) == len(ids) == 3
+    assert len(studio.session.library) == before + 3
+    assert [i["seed"] for i in info] == [7, 8, 9] and {i["prompt"] for i in info} == {"a fox"}
+    for (path, caption), object_id in zip(gallery, ids):
+        gen, recipe = formats.read_png(path)  # the picture carries its generation
+        assert gen.id == object_id == recipe["id"] and caption == object_id[:12]
+        assert studio.session.library.record(object_id).tags == ("fox", "test")
+    assert any(isinstance(v, tuple) and v[1] for v, _ in progress.calls)  # fed (done, total) steps
+
+
+def test_generate_with_a_gan_uses_truncation_and_no_prompt(studio):
+    gallery, info, _ = studio.generate("tiny-gan", "ignored", 3, 2, None, None, 0.7, "", progress=None)
+    assert len(gallery) == 2
+    assert info[0]["settings"]["truncation"] == 0.7 and info[0]["prompt"] == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tiny-sd", "x", None, 1), "seed is empty"),
+    (("tiny-sd", "x", 1.5, 1), "seed must be a whole number"),
+    (("tiny-sd", "x", 1, 0), "count must be between 1 and 16"),
+    (("no-such-model-here", "x", 1, 1), "no-such-model-here"),
+    (("tiny-sd", "x", 1, 1, 0), "steps must be between 1 and 1000"),
+])
+def test_bad_generate_input_is_one_message(studio, args, message):
+    with pytest.raises(gr.Error, match=message):
+        studio.generate(*args, progress=None)
+
+
+def test_name_item_names_and_tags(studio, pair):
+    out = studio.name_item(pair[0], "kitty", "cute")
+    assert "kitty" in out["names"] and "cute" in out["tags"]
+    with pytest.raises(gr.Error, match="already refers to"):
+        studio.name_item(pair[1], "kitty", "")
+    with pytest.raises(gr.Error, match="invalid name"):
+        studio.name_item(pair[1], "../etc", "")
+
+
+def test_frame_times_spread_frames_over_segments_with_easing():
+    assert Studio.frame_times(2, 5, "linear") == [(0, 0.0), (0, 0.25), (0, 0.5), (0, 0.75), (0, 1.0)]
+    eased = Studio.frame_times(3, 5, "ease-in-out")
+    assert [s for s, _ in eased] == [0, 0, 1, 1, 1]
+    assert eased[1][1] == 0.5 and eased[2][1] == 0.0 and eased[-1][1] == 1.0
+
+
+def test_interpolate_renders_one_batch_and_writes_gif_and_mp4(studio, pair, monkeypatch):
+    calls = []
+    render = studio.session.render
+    monkeypatch.setattr(studio.session, "render", lambda gens, progress=None: calls.append(len(gens)) or
+                        render(gens, progress))
+    before = len(studio.session.library)
+    strip, gif, mp4, plan = studio.interpolate(["cat", "dog"], 6, "slerp", "linear", 8, progress=None)
+    assert calls == [6]  # the whole strip in one render call
+    assert len(strip) == len(plan) == 6 and len(studio.session.library) == before  # frames are not stored
+    assert plan[0] == {"expr": "slerp(@cat, @dog, t)", "t": 0.0} and plan[-1]["t"] == 1.0
+    assert iio.imread(gif, index=None).shape[0] == 6
+    assert imageio_ffmpeg.count_frames_and_secs(mp4)[0] == 6
+    assert studio.outputs in Path(gif).parents and studio.outputs in Path(mp4).parents
+    stored = studio.store_frame(plan, 3, "between")
+    assert stored["label"] == "between" and stored["made_by"] == "slerp(@cat, @dog, t)"
+    assert studio.session.describe("between")["lineage"]["params"]["t"] == plan[3]["t"]
+
+
+def test_interpolate_refuses_what_it_cannot_do(studio, pair):
+    with pytest.raises(gr.Error, match="between 2 and 16 keyframes"):
+        studio.interpolate(["cat"], 4, "slerp", "linear", 8, progress=None)
+    with pytest.raises(gr.Error, match="unknown method"):
+        studio.interpolate(["cat", "dog"], 4, "cubic", "linear", 8, progress=None)
+    with pytest.raises(gr.Error, match="no stored object"):
+        studio.interpolate(["cat", "nobody"], 4, "slerp", "linear", 8, progress=None)
+
+
+def test_a_bad_expression_shows_the_cores_message(studio, pair):
+    source = "slerp(@cat, @dog, 0.5"
+    with pytest.raises(ExpressionError) as core:
+        studio.session.check_expression(source)
+    shown = studio.check_expression(source)
+    assert shown.startswith("✗ " + str(core.value)) and core.value.pointer() in shown
+    with pytest.raises(gr.Error) as ui:
+        studio.render_expression(source, None, progress=None)
+    assert ui.value.message == str(core.value)
+    assert studio.check_expression("slerp(@cat, @dog, 0.5)").startswith("✓ generation of tiny-sd")
+
+
+def test_render_expression_stores_and_renders(studio, pair):
+    path, info = studio.render_expression("lerp(@cat, @dog, 0.25)", "quarter", progress=None)
+    assert formats.read_png(path)[0].id == info["id"] and info["label"] == "quarter"
+
+
+def test_output_paths_never_leave_the_outputs_folder(studio, pair):
+    for bad in ("../x.yaml", "/etc/passwd", "a/b.yaml", "..", ".hidden"):
+        with pytest.raises(Exception, match="invalid file name"):
+            studio.output_path("recipes", bad)
+    with pytest.raises(gr.Error, match="invalid file name"):
+        studio.save_recipe("let: {m: '@cat'}\n", "../../escape.yaml")
+    saved = studio.save_recipe("let: {m: 'mean(@cat, @dog)'}\n", "mine")
+    assert saved == str(studio.outputs / "recipes" / "mine.yaml")
+    exported = studio.export("cat", "safetensors")
+    assert exported == str(studio.outputs / "exports" / "cat.safetensors")
+    with pytest.raises(gr.Error, match="only VAE-space latents"):
+        studio.export("cat", "latent")
+
+
+def test_library_view_details_and_delete(studio, pair):
+    gallery, table, gen_ids, other_ids = studio.library_view(None, None, "animal", None, progress=None)
+    assert set(pair) <= set(gen_ids) and all(p.endswith(".png") for p, _ in gallery)
+    info, parents, parent_ids, picture = studio.details("quarter")
+    assert parent_ids == pair and len(parents) == 2 and picture.endswith(".png")
+    assert info["lineage"]["op"] == "lerp"
+    victim = studio.render_expression("lerp(@cat, @dog, 0.75)", None, progress=None)[1]["id"]
+    assert (studio.thumbs / f"{victim}.png").is_file()
+    studio.delete(victim)
+    assert not studio.session.library.exists(victim) and not (studio.thumbs / f"{victim}.png").exists()
+    with pytest.raises(gr.Error, match="no stored object"):
+        studio.details(victim[:16])
+
+
+def test_import_a_studio_png_gives_its_recipe_back(studio, pair, tmp_path):
+    (png,) = studio.session.render_refs(["cat"], tmp_path)
+    items, recipe, picture = studio.import_upload(str(png), None, None)
+    assert items[0]["id"] == pair[0] == recipe["id"] and recipe["prompt"] == "a cat"
+    plain = tmp_path / "plain.png"
+    formats.read_png(png)  # sanity: the studio PNG is readable
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "red").save(plain)
+    with pytest.raises(gr.Error, match="not made by Latent Studio"):
+        studio.import_upload(str(plain), None, None)
+    encoded = studio.encode_upload(str(plain), "tiny-sd", "red", progress=None)
+    assert encoded["kind"] == "latent" and encoded["space"].startswith("vae[")
+    assert studio.export("red", "latent").endswith("red.latent")
+    with pytest.raises(gr.Error, match="cannot encode"):
+        studio.encode_upload(str(plain), "tiny-gan", None, progress=None)
+
+
+def test_build_and_apply_a_vector(studio, pair):
+    _, _, more = studio.generate("tiny-sd", "a smiling cat", 200, 2, STEPS, 7.5, None, "", progress=None)
+    assert studio.roles_of(pair) == ["noise", "text"]
+    vec = studio.build_vector(pair, more, "text", "smile", "mean", progress=None)
+    assert vec["kind"] == "vector" and vec["space"].startswith("text[")
+    applied, sweep, info = studio.apply_vector("smile", ["cat"], 0.5, -1, 1, 5, "latent", "cat_smiles", progress=None)
+    assert len(applied) == 1 and info[0]["label"] == "cat_smiles" and len(sweep) == 5
+    assert [c for _, c in sweep] == ["s=-1.00", "s=-0.50", "s=+0.00", "s=+0.50", "s=+1.00"]
+    assert studio.session.describe("cat_smiles")["lineage"]["params"]["s"] == 0.5
+    with pytest.raises(gr.Error, match="pick at least one target"):
+        studio.apply_vector("smile", [], 1, -1, 1, 3, "latent", None, progress=None)
+
+
+def test_run_recipe_renders_every_point(studio):
+    text = ("model: tiny-gan\ninputs:\n  a: {seed: 1}\n  b: {seed: 2}\n"
+            "renders:\n  - name: walk\n    expr: \"slerp(@a, @b, t)\"\n    sweep: {t: [0, 0.5, 1]}\n")
+    assert studio.check_recipe(text).startswith("✓ 2 input(s)")
+    gallery, info = studio.run_recipe(text, progress=None)
+    assert len(gallery) == info["images"] == 3 and len(info["renders"]["walk"]) == 3
+    with pytest.raises(gr.Error, match="not valid YAML"):
+        studio.run_recipe("renders: [", progress=None)
+
+
+@pytest.mark.skipif(not Studio.can_score(), reason="the emoji-judge (pipelines/embedded/emoji-judge) is not installed")
+def test_score_a_vector_with_the_judge(studio, pair):
+    _, _, more = studio.generate("tiny-sd", "a twemoji cat", 300, 2, STEPS, 7.5, None, "", progress=None)
+    studio.build_vector(pair, more, "text", "to_twemoji", "mean", "style:noto:twemoji", progress=None)
+    plot, strip, rows = studio.score_vector("to_twemoji", "0, 1", 2, 5, progress=None)
+    assert Path(plot).is_file() and Path(strip).is_file() and studio.outputs in Path(plot).parents
+    assert [r[0] for r in rows] == [0.0, 1.0] and all(0 <= r[1] <= 1 for r in rows)
+    with pytest.raises(gr.Error, match="attribute takes NAME:FROM:TO"):
+        studio.build_vector(pair, more, "text", None, "mean", "style-noto", progress=None)
+    with pytest.raises(gr.Error, match="comma-separated numbers"):
+        studio.score_vector("to_twemoji", "zero, one", 2, 5, progress=None)
+
+
+def test_load_recipe_reads_text_and_checks_it(studio, tmp_path):
+    good = tmp_path / "walk.yaml"
+    good.write_text("model: tiny-gan\ninputs:\n  a: {seed: 1}\nrenders:\n  - expr: \"@a\"\n")
+    text, verdict = studio.load_recipe(str(good))
+    assert text == good.read_text() and verdict.startswith("✓ 1 input(s)")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("renders: [")
+    assert studio.load_recipe(str(bad))[1].startswith("✗ recipe is not valid YAML")  # loads, to be fixed
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(gr.Error, match="not a text file"):
+        studio.load_recipe(str(binary))
