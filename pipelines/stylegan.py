@@ -4,12 +4,18 @@ Mapping z -> w (MLP, tracked ``w_avg`` for truncation), synthesis w -> image (le
 constant, modulated/demodulated convs, per-layer noise, toRGB skips), after Karras et al.,
 "Analyzing and Improving the Image Quality of StyleGAN" (2020). Simplifications: bilinear
 upsampling instead of FIR filters, one w for every layer unless a [N, num_ws, w_dim] is given.
+
+Conditional models (``num_classes > 0``, as in StyleGAN2-ADA): the mapping network takes z and
+a class label, embeds the label, normalizes both and maps their concatenation to w; it also
+tracks one average w per class, the centre that class-aware truncation pulls toward. The
+discriminator then scores (image, class) pairs with a projection head (Miyato & Koyama, 2018).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from itertools import pairwise
 from pathlib import Path
@@ -38,6 +44,7 @@ class GeneratorConfig:
     mapping_lr_mul: float = 0.01  # slower learning rate for the mapping MLP, as in StyleGAN
     w_avg_beta: float = 0.995  # decay of the running mean of w tracked during training (truncation centre)
     noise_seed: int = 0  # seeds the fixed per-layer noise, so rendering is reproducible
+    num_classes: int = 0  # 0 = unconditional; else the mapping also takes a class id in [0, num_classes)
 
     def channels(self, res: int) -> int:
         """Feature channels at resolution ``res``."""
@@ -69,27 +76,76 @@ class EqualLinear(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    """z -> w: normalize z by its second moment, then an MLP; tracks ``w_avg`` for truncation."""
+    """(z[, class]) -> w: normalize z (and the class embedding) by the second moment, then an MLP.
+
+    Tracks ``w_avg`` (and, for a conditional model, ``w_avg_class`` [num_classes, w_dim]) while
+    training: the centres of the truncation trick.
+    """
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
-        dims = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
+        self.num_classes = cfg.num_classes
+        dims = [cfg.z_dim + (cfg.w_dim if cfg.num_classes else 0)] + [cfg.w_dim] * cfg.mapping_layers
+        if cfg.num_classes:  # one-hot class -> embedding (an equalized linear layer: a learned table)
+            self.embed = EqualLinear(cfg.num_classes, cfg.w_dim)
         self.layers = nn.Sequential(
             *[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, act=True) for a, b in pairwise(dims)]
         )
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+        if cfg.num_classes:
+            self.register_buffer("w_avg_class", torch.zeros(cfg.num_classes, cfg.w_dim))
         self.w_avg_beta = cfg.w_avg_beta
 
-    def forward(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
-        z = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # [N, z_dim]
-        w = self.layers(z)  # [N, w_dim]
-        if self.training:
-            self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
-        return self.truncate(w, psi)
+    def _check_classes(self, c: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            if c is not None:
+                raise StudioError("this GAN is unconditional: it takes no class label")
+            return None
+        if c is None:
+            raise StudioError(
+                f"this GAN is conditional: it needs a class id in [0, {self.num_classes}) per item"
+            )
+        c = torch.as_tensor(c, dtype=torch.long, device=self.w_avg.device).reshape(-1)
+        if c.numel() == 1 and n > 1:
+            c = c.expand(n)
+        if c.numel() != n or (c < 0).any() or (c >= self.num_classes).any():
+            raise StudioError(f"class ids must be {n} integers in [0, {self.num_classes}), got {c.tolist()}")
+        return c
 
-    def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
-        """The truncation trick: pull w toward the average, ``w_avg + psi * (w - w_avg)``."""
-        return w if psi == 1.0 else self.w_avg.to(w.dtype).lerp(w, psi)
+    def forward(self, z: torch.Tensor, psi: float = 1.0, c: torch.Tensor | None = None) -> torch.Tensor:
+        """w for z ``[N, z_dim]`` (and class ids ``c`` ``[N]`` when conditional), truncated by ``psi``."""
+        c = self._check_classes(c, z.shape[0])
+        x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # [N, z_dim]
+        if c is not None:
+            y = self.embed(F.one_hot(c, self.num_classes).to(z.dtype))  # [N, w_dim]
+            x = torch.cat([x, y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + 1e-8)], dim=1)
+        w = self.layers(x)  # [N, w_dim]
+        if self.training:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+                if c is not None:  # each class seen in the batch moves its own centre
+                    sums = torch.zeros_like(self.w_avg_class).index_add_(
+                        0, c, w.detach().to(self.w_avg.dtype)
+                    )
+                    counts = torch.bincount(c, minlength=self.num_classes)
+                    seen = counts > 0
+                    means = sums[seen] / counts[seen, None]
+                    self.w_avg_class[seen] = means.lerp(self.w_avg_class[seen], self.w_avg_beta)
+        return self.truncate(w, psi, c)
+
+    def truncate(self, w: torch.Tensor, psi: float, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The truncation trick: pull w toward the average, ``w_avg + psi * (w - w_avg)``.
+
+        A conditional model pulls each w toward its class's average when ``c`` is given.
+        """
+        if psi == 1.0:
+            return w
+        if self.num_classes and c is not None:
+            centre = self.w_avg_class[self._check_classes(c, w.shape[0])]  # [N, w_dim]
+            if w.dim() == 3:
+                centre = centre[:, None]
+            return centre.to(w.dtype).lerp(w, psi)
+        return self.w_avg.to(w.dtype).lerp(w, psi)
 
 
 class ModulatedConv(nn.Module):
@@ -107,13 +163,15 @@ class ModulatedConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        n, c, h, wd = x.shape
+        # Modulating the input activations and demodulating the outputs is the same as scaling the
+        # weights per sample (Karras et al. 2020, eq. 1-3) but runs as one ordinary batched conv.
         style = self.affine(w)  # [N, in_ch]
-        weight = self.weight[None] * self.scale * style[:, None, :, None, None]  # [N, out, in, k, k]
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8)
-        x = F.conv2d(x.reshape(1, n * c, h, wd), weight.flatten(0, 1), padding=self.padding, groups=n)
-        return x.reshape(n, -1, h, wd) + self.bias[None, :, None, None]  # [N, out, H, W]
+        weight = self.weight * self.scale  # [out, in, k, k]
+        x = F.conv2d(x * style[:, :, None, None], weight, padding=self.padding)  # [N, out, H, W]
+        if self.demodulate:  # 1 / ||w'|| per sample and output channel: sum_in style^2 * sum_k weight^2
+            dcoef = torch.rsqrt(style.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8)  # [N, out]
+            x = x * dcoef[:, :, None, None]
+        return x + self.bias[None, :, None, None]
 
 
 class StyleLayer(nn.Module):
@@ -181,8 +239,27 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg)
         self.synthesis = SynthesisNetwork(cfg)
 
-    def forward(self, z: torch.Tensor, psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
-        return self.synthesis(self.mapping(z, psi), noise_mode)  # [N, 3, R, R]
+    def forward(
+        self, z: torch.Tensor, psi: float = 1.0, noise_mode: str = "const", c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.synthesis(self.mapping(z, psi, c), noise_mode)  # [N, 3, R, R]
+
+
+class EqualConv2d(nn.Module):
+    """Conv with equalized learning rate: N(0, 1) weights scaled by 1/sqrt(fan_in) at run time."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale, self.padding = 1 / math.sqrt(in_ch * kernel * kernel), kernel // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2) * math.sqrt(2)  # the gain keeps activations at unit scale
 
 
 class DiscriminatorBlock(nn.Module):
@@ -190,32 +267,41 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.conv0 = nn.Conv2d(in_ch, in_ch, 3, padding=1)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.conv0 = EqualConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqualConv2d(in_ch, out_ch, 3)
+        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.skip(F.avg_pool2d(x, 2))
-        x = F.leaky_relu(self.conv0(x), 0.2)
-        x = F.avg_pool2d(F.leaky_relu(self.conv1(x), 0.2), 2)
+        x = _lrelu(self.conv0(x))
+        x = F.avg_pool2d(_lrelu(self.conv1(x)), 2)
         return (x + skip) / math.sqrt(2)
 
 
 class Discriminator(nn.Module):
-    """image -> realness score: fromRGB, residual downsampling to 4x4, minibatch stddev, dense head."""
+    """image (and class) -> realness score: fromRGB, residual downsampling to 4x4, minibatch stddev, dense head.
+
+    Every layer has an equalized learning rate, like the generator's, so one Adam learning rate
+    suits both. Conditional (``cfg.num_classes > 0``): a projection head adds
+    ``<embed(c), h> / sqrt(dim)`` to the score, h being the last hidden features, so D judges
+    whether the image fits its class.
+    """
 
     def __init__(self, cfg: GeneratorConfig, stddev_group: int = 4):
         super().__init__()
         res = cfg.resolutions[::-1]  # R, R/2, ..., 4
-        self.from_rgb = nn.Conv2d(cfg.img_channels, cfg.channels(res[0]), 1)
+        self.from_rgb = EqualConv2d(cfg.img_channels, cfg.channels(res[0]), 1)
         self.blocks = nn.Sequential(
             *[DiscriminatorBlock(cfg.channels(a), cfg.channels(b)) for a, b in pairwise(res)]
         )
         ch = cfg.channels(4)
         self.stddev_group = stddev_group
-        self.conv = nn.Conv2d(ch + 1, ch, 3, padding=1)
-        self.fc = nn.Linear(ch * 16, ch)
-        self.out = nn.Linear(ch, 1)
+        self.conv = EqualConv2d(ch + 1, ch, 3)
+        self.fc = EqualLinear(ch * 16, ch, act=True)
+        self.out = EqualLinear(ch, 1)
+        self.num_classes = cfg.num_classes
+        if cfg.num_classes:
+            self.embed = nn.Embedding(cfg.num_classes, ch)
 
     def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
         """Append the mean stddev across a group of samples as a feature map: lets D see diversity."""
@@ -226,23 +312,59 @@ class Discriminator(nn.Module):
         y = x.reshape(g, n // g, c, h, w).std(dim=0, unbiased=False).mean(dim=[1, 2, 3])  # [N/g]
         return torch.cat([x, y.repeat(g)[:, None, None, None].expand(n, 1, h, w)], dim=1)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.from_rgb(img), 0.2)  # [N, C, R, R]
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        x = _lrelu(self.from_rgb(img))  # [N, C, R, R]
         x = self.blocks(x)  # [N, C4, 4, 4]
-        x = F.leaky_relu(self.conv(self.minibatch_stddev(x)), 0.2)
-        return self.out(F.leaky_relu(self.fc(x.flatten(1)), 0.2))  # [N, 1]
+        x = _lrelu(self.conv(self.minibatch_stddev(x)))
+        h = self.fc(x.flatten(1))  # [N, C4]
+        score = self.out(h)  # [N, 1]
+        if self.num_classes:
+            if c is None:
+                raise StudioError("this discriminator is conditional: it needs class ids")
+            score = score + (self.embed(c) * h).sum(dim=1, keepdim=True) / math.sqrt(h.shape[1])
+        return score
 
 
-def save_generator(gen: Generator, folder: str | Path) -> Path:
-    """Write ``config.json`` (with the architecture marker) and ``model.safetensors`` into ``folder``."""
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder, fsync, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def save_generator(
+    gen: Generator, folder: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``config.json`` (with the architecture marker) and ``model.safetensors`` into ``folder``.
+
+    ``extra``: more top-level config entries (e.g. a conditional model's ``labels``), kept for the
+    adapter; ``dtype``: store floating tensors in this dtype (e.g. ``torch.float16``) to save space.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(
-        json.dumps({"architecture": ARCHITECTURE, **asdict(gen.config)}, indent=2)
+    config = {"architecture": ARCHITECTURE, **asdict(gen.config), **(extra or {})}
+    state = {
+        k: (
+            v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu()
+        ).contiguous()
+        for k, v in gen.state_dict().items()
+    }
+    _atomic_write(
+        folder / "model.safetensors",
+        lambda p: save_file(state, str(p), metadata={"architecture": ARCHITECTURE}),
     )
-    state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"architecture": ARCHITECTURE})
+    _atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return folder
+
+
+def read_extra(folder: str | Path) -> dict:
+    """The entries of ``folder/config.json`` that are not GeneratorConfig fields (e.g. ``labels``)."""
+    data = json.loads((Path(folder) / "config.json").read_text())
+    known = {f.name for f in fields(GeneratorConfig)} | {"architecture"}
+    return {k: v for k, v in data.items() if k not in known}
 
 
 def read_config(folder: str | Path) -> GeneratorConfig:

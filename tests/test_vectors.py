@@ -183,3 +183,34 @@ def test_scoring_refuses_an_attribute_the_judge_does_not_know(tiny):
     tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
     with pytest.raises(StudioError, match="the judge knows the attributes style, category, sky"):
         score_vector(tiny, "day_to_night", [1.0], n=2)
+
+
+def test_gan_space_discovery_stores_directions_with_their_variance(tmp_path):
+    from studio.session import Session
+
+    s = Session(tmp_path)
+    rows = s.vectors.discover("tiny-gan", "w", k=3, samples=300, prefix="pc")
+    ratios = [r for _, r in rows]
+    assert [st.name for st, _ in rows] == ["pc0", "pc1", "pc2"]
+    assert ratios == sorted(ratios, reverse=True) and 0 < sum(ratios) < 1
+    v = s.get("pc0")
+    assert v.space == s.adapter("tiny-gan").spaces()["w"] and v.meta["explained_variance"] == pytest.approx(ratios[0], abs=1e-6)
+    (moved,) = s.vectors.apply(s.sample("tiny-gan", seed=1, space="w")[0].id, "pc0", [2.0])
+    assert moved.obj.roles["w"].space.kind == "gan-w"
+
+
+def test_gan_projection_gets_closer_than_its_starting_point(tmp_path):
+    from studio.scoring import psnr
+    from studio.session import Session
+
+    s = Session(tmp_path)
+    adapter = s.adapter("tiny-gan")
+    (target_gen,) = adapter.sample([3], space="w")
+    target = adapter.render([target_gen])[0]
+    start = adapter.project(target, steps=1)
+    fitted = adapter.project(target, steps=80)
+    a = np.asarray(target)
+    before = psnr(a, np.asarray(adapter.render([start])[0]))
+    after = psnr(a, np.asarray(adapter.render([fitted])[0]))
+    assert after > before + 1.0, (before, after)
+    assert fitted.lineage.op == "gan-project" and fitted.meta["projection_loss"] < start.meta["projection_loss"]
