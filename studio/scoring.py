@@ -72,16 +72,24 @@ def judged(judge, probes: dict, images: list[Image.Image]) -> dict[str, list[str
 
 
 def source_generations(session: Session, model: str, attribute: dict, n: int, seed: int,
-                       prompts: list[str] | None = None) -> list[Generation]:
-    """n generations showing the attribute's source value: prompts cycled, the source phrase appended."""
+                       prompts: list[str] | None = None, space: str | None = None,
+                       templates: list[str] | None = None, source_phrase: str = "") -> list[Generation]:
+    """n generations showing the attribute's source value: prompts cycled, the source phrase appended.
+
+    ``space`` picks a GAN's role (``z`` or ``w``) so that a vector of that space applies.
+    """
     name, source = attribute.get("name"), attribute.get("from")
-    prompts = prompts or emoji_prompts()
     adapter = session.adapter(model)
-    if name == "style":
+    if templates:  # a prompt-pair vector: its own templates with its "from" phrase
+        texts = [templates[i % len(templates)].format(source_phrase) for i in range(n)]
+    elif name == "style":
+        prompts = prompts or emoji_prompts()
         texts = [f"{prompts[i % len(prompts)]}, {source} style" for i in range(n)]
     else:
+        prompts = prompts or emoji_prompts()
         texts = [prompts[i % len(prompts)] for i in range(n)]
-    return adapter.sample([seed + i for i in range(n)], texts)
+    options = {"space": space} if adapter.family == "gan" and space else {}
+    return adapter.sample([seed + i for i in range(n)], texts, **options)
 
 
 def score_vector(session: Session, vector_ref: str, strengths: list[float], n: int = 36, seed: int = 1000,
@@ -103,7 +111,9 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
                           f"{key or 'an unnamed attribute'} (set its attribute when building it)")
     other = OTHER.get(key, "style")  # a probed attribute should leave the art style alone
     target = attribute.get("to")
-    base = source_generations(session, model, attribute, n, seed)
+    role = {"gan-z": "z", "gan-w": "w"}.get(v.space.kind)
+    base = source_generations(session, model, attribute, n, seed, space=role,
+                              templates=v.meta.get("templates"), source_phrase=v.meta.get("from", ""))
     edited = {s: [algebra.add(g, algebra.scale(v, s)) for g in base] for s in strengths}
     images = session.render(base + [g for s in strengths for g in edited[s]], progress)
     base_img, rest = images[:n], images[n:]
