@@ -62,12 +62,10 @@ def gan_sets(session: Session, model: str, n: int, seed: int, **pairs) -> dict[s
     return out
 
 
-def at_flip(result: dict, flip: float) -> float:
-    """Preservation interpolated at a given flip rate (the curves are monotone enough for this)."""
-    rows = sorted(result["rows"], key=lambda r: r["flip_rate"])
-    xs = [r["flip_rate"] for r in rows]
-    ys = [r["preservation"] for r in rows]
-    return float(np.interp(flip, xs, ys))
+def first_reaching(result: dict, flip: float) -> dict | None:
+    """The row of the smallest strength whose flip rate reaches ``flip``: where to compare two vectors."""
+    rows = sorted(result["rows"], key=lambda r: r["strength"])
+    return next((r for r in rows if r["flip_rate"] >= flip and r["strength"] > 0), None)
 
 
 def main() -> None:
@@ -80,6 +78,7 @@ def main() -> None:
     ap.add_argument("--invert", type=int, default=18, help="held-out emoji to invert per model")
     ap.add_argument("--project-steps", type=int, default=300)
     ap.add_argument("--ddim-steps", type=int, default=50)
+    ap.add_argument("--only", choices=["gan", "diffusion"], default=None, help="evaluate one generator")
     ap.add_argument("--out", default="out/vectors")
     args = ap.parse_args()
     strengths = [float(x) for x in args.strengths.split(",")]
@@ -91,45 +90,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         s = Session(home)
         t0 = time.perf_counter()
+        run_gan, run_diffusion = args.only in (None, "gan"), args.only in (None, "diffusion")
         # ---- A. GAN: w-space vectors from matched sets (same seeds and categories, the style differs)
-        cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(args.sets)]
-        sets = gan_sets(s, args.gan, args.sets, 0,
-                        noto=[(c, "noto") for c in cats], twemoji=[(c, "twemoji") for c in cats],
-                        smileys=[("Smileys & Emotion", STYLES[i % 2]) for i in range(args.sets)],
-                        animals=[("Animals & Nature", STYLES[i % 2]) for i in range(args.sets)])
-        s.vectors.from_sets(sets["noto"], sets["twemoji"], "mean", "w", "gan_style",
-                            {"name": "style", "from": "noto", "to": "twemoji"})
-        s.vectors.from_sets(sets["smileys"], sets["animals"], "mean", "w", "gan_category",
-                            {"name": "category", "from": "Smileys & Emotion", "to": "Animals & Nature"})
-        r = score_vector(s, "gan_style", strengths, args.n, out=out / "gan_style")
-        summary["gan_style"] = report(f"{args.gan}: style noto -> twemoji (w, mean difference)", r)
-        r = score_vector(s, "gan_category", strengths, args.n, out=out / "gan_category")
-        summary["gan_category"] = report(f"{args.gan}: category smileys -> animals (w, mean difference)", r)
+        if run_gan:
+            cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(args.sets)]
+            sets = gan_sets(s, args.gan, args.sets, 0,
+                            noto=[(c, "noto") for c in cats], twemoji=[(c, "twemoji") for c in cats],
+                            smileys=[("Smileys & Emotion", STYLES[i % 2]) for i in range(args.sets)],
+                            animals=[("Animals & Nature", STYLES[i % 2]) for i in range(args.sets)])
+            s.vectors.from_sets(sets["noto"], sets["twemoji"], "mean", "w", "gan_style",
+                                {"name": "style", "from": "noto", "to": "twemoji"})
+            s.vectors.from_sets(sets["smileys"], sets["animals"], "mean", "w", "gan_category",
+                                {"name": "category", "from": "Smileys & Emotion", "to": "Animals & Nature"})
+            r = score_vector(s, "gan_style", strengths, args.n, out=out / "gan_style")
+            summary["gan_style"] = report(f"{args.gan}: style noto -> twemoji (w, mean difference)", r)
+            r = score_vector(s, "gan_category", strengths, args.n, out=out / "gan_category")
+            summary["gan_category"] = report(f"{args.gan}: category smileys -> animals (w, mean difference)", r)
 
-        # ---- B. conditional: a style vector learnt from sets confounded with category
-        conf = gan_sets(s, args.gan, args.sets, 5000,
-                        a=[("Smileys & Emotion", "noto")] * args.sets,
-                        b=[("Animals & Nature", "twemoji")] * args.sets)
-        s.vectors.from_sets(conf["a"], conf["b"], "mean", "w", "style_confounded",
-                            {"name": "style", "from": "noto", "to": "twemoji"})
-        s.vectors.condition("style_confounded", ["gan_category"], "style_conditioned")
-        plain = score_vector(s, "style_confounded", strengths, args.n, out=out / "style_confounded")
-        cond = score_vector(s, "style_conditioned", strengths, args.n, out=out / "style_conditioned")
-        report("plain style vector from confounded sets (noto smileys vs twemoji animals)", plain)
-        report("the same, conditioned on the smileys -> animals direction", cond)
-        common = min(max(r["flip_rate"] for r in plain["rows"]), max(r["flip_rate"] for r in cond["rows"]))
-        for level in sorted({0.5, 0.7, round(common, 2)}):
-            if level <= common:
-                print(f"   at flip rate {level:.0%}: category kept {at_flip(plain, level):.1%} (plain) vs "
-                      f"{at_flip(cond, level):.1%} (conditional)")
-        summary["conditional"] = {"plain": plain["rows"], "conditional": cond["rows"]}
+            # ---- B. conditional: a style vector learnt from sets confounded with category
+            conf = gan_sets(s, args.gan, args.sets, 5000,
+                            a=[("Smileys & Emotion", "noto")] * args.sets,
+                            b=[("Animals & Nature", "twemoji")] * args.sets)
+            s.vectors.from_sets(conf["a"], conf["b"], "mean", "w", "style_confounded",
+                                {"name": "style", "from": "noto", "to": "twemoji"})
+            s.vectors.condition("style_confounded", ["gan_category"], "style_conditioned")
+            plain = score_vector(s, "style_confounded", strengths, args.n, out=out / "style_confounded")
+            cond = score_vector(s, "style_conditioned", strengths, args.n, out=out / "style_conditioned")
+            report("plain style vector from confounded sets (noto smileys vs twemoji animals)", plain)
+            report("the same, conditioned on the smileys -> animals direction", cond)
+            for level in (0.3, 0.4, 0.5, 0.7):
+                p, c = first_reaching(plain, level), first_reaching(cond, level)
+                if p and c:
+                    print(f"   first strength reaching flip >= {level:.0%}: category kept {p['preservation']:.1%} "
+                          f"(plain, s={p['strength']:g}) vs {c['preservation']:.1%} (conditional, s={c['strength']:g})")
+            summary["conditional"] = {"plain": plain["rows"], "conditional": cond["rows"]}
 
         # ---- A. diffusion: text-space prompt-pair vectors
-        for definition, key in (("noto_to_twemoji.yaml", "diffusion_style"), ("sun_to_moon.yaml", "diffusion_sky")):
-            st = s.vectors.from_prompts(ROOT / "prompts" / "vectors" / definition, args.diffusion, name=key)
-            r = score_vector(s, st.name, strengths, args.n, out=out / key)
-            a = r["attribute"]
-            summary[key] = report(f"{args.diffusion}: {a['name']} {a['from']} -> {a['to']} (text, prompt pair)", r)
+        if run_diffusion:
+            for definition, key in (("noto_to_twemoji.yaml", "diffusion_style"), ("sun_to_moon.yaml", "diffusion_sky")):
+                st = s.vectors.from_prompts(ROOT / "prompts" / "vectors" / definition, args.diffusion, name=key)
+                r = score_vector(s, st.name, strengths, args.n, out=out / key)
+                a = r["attribute"]
+                summary[key] = report(f"{args.diffusion}: {a['name']} {a['from']} -> {a['to']} (text, prompt pair)", r)
 
         # ---- C. inversion of held-out emoji
         from PIL import Image
@@ -139,7 +141,7 @@ def main() -> None:
         images, labels = load_emoji(split="heldout")
         rng = np.random.default_rng(0)
         pick = rng.choice(len(images), args.invert, replace=False)
-        for model in (args.diffusion, args.gan):
+        for model in [m for m, on in ((args.diffusion, run_diffusion), (args.gan, run_gan)) if on]:
             adapter = s.adapter(model)
             scores = []
             for i in pick:
