@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,12 +33,13 @@ def cold_start(model: str, repeat: int) -> tuple[list[float], float]:
             cmd = [sys.executable, "-m", "studio.cli", "sample", "--model", model, "--prompt", "smiling cat face",
                    "--seed", str(3 + i), "--out", str(out)]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
             elapsed = time.perf_counter() - t0
-            if proc.returncode != 0 or not list(out.glob("*.png")):
-                raise SystemExit(f"{model}: cold start failed: {proc.stderr.strip()[-500:]}")
+            if os.waitstatus_to_exitcode(status) != 0 or not list(out.glob("*.png")):
+                raise SystemExit(f"{model}: cold start failed: {proc.stderr.read().decode()[-500:]}")
             times.append(elapsed)
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # max over children so far
+            peak = max(peak, usage.ru_maxrss / 1024)
     return times, peak
 
 
