@@ -7,6 +7,7 @@ Spaces: ``noise`` (starting latents, stored unscaled: before ``scheduler.init_no
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from studio.objects import Generation, Latent, Lineage
 from studio.space import Space, fingerprint
 
 transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
+diffusers.utils.logging.disable_progress_bar()  # loading a model is quick; the render bar is ours
 
 SCHEDULERS = [
     "DDIMScheduler",
@@ -67,12 +69,48 @@ TEXT_KEYS = [
 ]
 
 
+STUDIO_DEFAULTS_FILE = "studio.json"  # optional, in a model folder: {"steps": 20, "guidance": 3.0, ...}
+STUDIO_DEFAULT_KEYS = {"steps": int, "guidance": float, "scheduler": str, "negative_prompt": str}
+
+
+def read_studio_defaults(folder: str | Path) -> dict[str, Any]:
+    """A model folder's own render defaults from its ``studio.json`` ({} when there is none)."""
+    path = Path(folder) / STUDIO_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot read the model's render defaults {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise StudioError(f"{path} must hold a JSON object of render settings, not {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    for key, kind in STUDIO_DEFAULT_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
+            isinstance(value, kind) and not isinstance(value, bool)
+        )
+        if not ok:
+            raise StudioError(f"{path}: {key} must be {kind.__name__}, not {value!r}")
+        out[key] = kind(value)
+    return out
+
+
 class DiffusionAdapter(PipelineAdapter):
     """A diffusers pipeline with a UNet, a VAE and one CLIP text encoder (StableDiffusionPipeline and compatible)."""
 
     family = "diffusion"
 
-    def __init__(self, pipe, spec: str, device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        pipe,
+        spec: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        defaults: dict[str, Any] | None = None,
+    ):
         missing = [
             c
             for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -91,6 +129,7 @@ class DiffusionAdapter(PipelineAdapter):
         self.max_batch = 8 if self.device.type == "cpu" else 32
         self._schedulers = {type(pipe.scheduler).__name__: pipe.scheduler}
         self._negative: dict[str, torch.Tensor] = {}  # negative prompt -> [1, L, D] on device
+        self._defaults = dict(defaults or {})  # the model folder's own render defaults (studio.json)
         # Family fingerprints, once: configs plus a few KB of weights, never the whole model.
         vae, unet, te = pipe.vae, pipe.unet, pipe.text_encoder
         self.vae_family = fingerprint("vae", public_config(vae.config), weight_sample(vae))
@@ -122,12 +161,14 @@ class DiffusionAdapter(PipelineAdapter):
                     local_files_only=not download,
                     safety_checker=None,
                     requires_safety_checker=False,
+                    low_cpu_mem_usage=False,  # the small models load at once; no accelerate needed
                 )
         except Exception as exc:
             if Path(source).is_dir():
                 raise StudioError(f"cannot load diffusion model {spec!r} from {source}: {exc}") from exc
             raise offline_error(spec, exc) from exc
-        return cls(pipe, spec, device, dtype)
+        defaults = read_studio_defaults(source) if Path(source).is_dir() else None
+        return cls(pipe, spec, device, dtype, defaults=defaults)
 
     @classmethod
     def from_single_file(
@@ -189,6 +230,7 @@ class DiffusionAdapter(PipelineAdapter):
             "height": side,
             "width": side,
             "negative_prompt": "",
+            **self._defaults,  # a model folder's studio.json (e.g. the embedded emoji-diffusion's guidance)
         }
 
     def _settings(self, settings: dict) -> dict:

@@ -134,7 +134,7 @@ class GanAdapter(PipelineAdapter):
         self._defaults = {"truncation": 1.0, **dict(extra.get("default_settings", {}))}
         config = asdict(self.config)
         if not config["num_classes"]:  # unconditional models keep the fingerprint they had before classes
-            del config["num_classes"]
+            del config["num_classes"], config["class_factors"]
         fam = fingerprint("stylegan", config, weight_sample(self.generator))
         self.z_space = Space("gan-z", fam, (self.config.z_dim,))
         self.w_space = Space("gan-w", fam, (self.config.w_dim,))
@@ -272,8 +272,14 @@ class GanAdapter(PipelineAdapter):
 
         return sample_w(self, n, seed)
 
-    def project(self, image: Image.Image, steps: int = 300, category: str | None = None,
-                style: str | None = None, progress: Progress | None = None) -> Generation:
+    def project(
+        self,
+        image: Image.Image,
+        steps: int = 300,
+        category: str | None = None,
+        style: str | None = None,
+        progress: Progress | None = None,
+    ) -> Generation:
         """Project a picture into w (pixel loss plus the emoji judge's features where the judge is shipped)."""
         from pipelines.gan_edit import project
 

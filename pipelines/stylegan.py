@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from itertools import pairwise
 from pathlib import Path
 
@@ -45,6 +45,10 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995  # decay of the running mean of w tracked during training (truncation centre)
     noise_seed: int = 0  # seeds the fixed per-layer noise, so rendering is reproducible
     num_classes: int = 0  # 0 = unconditional; else the mapping also takes a class id in [0, num_classes)
+    # Optional factorization of the class id (mixed radix, last factor fastest), e.g. [9, 2] for
+    # category x style: each factor gets its own embedding, added to the class's own, so what the
+    # classes share (a style, a category) is learned from all of them.
+    class_factors: list[int] = field(default_factory=list)
 
     def channels(self, res: int) -> int:
         """Feature channels at resolution ``res``."""
@@ -54,7 +58,17 @@ class GeneratorConfig:
     def resolutions(self) -> list[int]:
         return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
 
+    @property
+    def class_code_dim(self) -> int:
+        """Length of the multi-hot class code: one slot per class plus one per value of each factor."""
+        return self.num_classes + sum(self.class_factors) if self.num_classes else 0
+
     def __post_init__(self):
+        self.class_factors = [int(f) for f in self.class_factors]
+        if self.class_factors and math.prod(self.class_factors) != self.num_classes:
+            raise StudioError(
+                f"class_factors {self.class_factors} do not multiply to num_classes={self.num_classes}"
+            )
         if self.resolution < 4 or self.resolution & (self.resolution - 1):
             raise StudioError(f"GAN resolution must be a power of two >= 4, not {self.resolution}")
 
@@ -75,6 +89,16 @@ class EqualLinear(nn.Module):
         return F.leaky_relu(x, 0.2) * math.sqrt(2) if self.act else x
 
 
+def class_code(c: torch.Tensor, cfg: GeneratorConfig, dtype: torch.dtype) -> torch.Tensor:
+    """Class ids [N] -> multi-hot code [N, cfg.class_code_dim]: the class, then each factor's value."""
+    parts, rest = [F.one_hot(c, cfg.num_classes)], c
+    factor_parts = []
+    for n in reversed(cfg.class_factors):
+        factor_parts.insert(0, F.one_hot(rest % n, n))
+        rest = torch.div(rest, n, rounding_mode="floor")
+    return torch.cat(parts + factor_parts, dim=1).to(dtype)
+
+
 class MappingNetwork(nn.Module):
     """(z[, class]) -> w: normalize z (and the class embedding) by the second moment, then an MLP.
 
@@ -84,10 +108,10 @@ class MappingNetwork(nn.Module):
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
-        self.num_classes = cfg.num_classes
+        self.cfg, self.num_classes = cfg, cfg.num_classes
         dims = [cfg.z_dim + (cfg.w_dim if cfg.num_classes else 0)] + [cfg.w_dim] * cfg.mapping_layers
-        if cfg.num_classes:  # one-hot class -> embedding (an equalized linear layer: a learned table)
-            self.embed = EqualLinear(cfg.num_classes, cfg.w_dim)
+        if cfg.num_classes:  # multi-hot class code -> embedding (an equalized linear layer: learned tables)
+            self.embed = EqualLinear(cfg.class_code_dim, cfg.w_dim)
         self.layers = nn.Sequential(
             *[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, act=True) for a, b in pairwise(dims)]
         )
@@ -117,7 +141,7 @@ class MappingNetwork(nn.Module):
         c = self._check_classes(c, z.shape[0])
         x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # [N, z_dim]
         if c is not None:
-            y = self.embed(F.one_hot(c, self.num_classes).to(z.dtype))  # [N, w_dim]
+            y = self.embed(class_code(c, self.cfg, z.dtype))  # [N, w_dim]
             x = torch.cat([x, y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + 1e-8)], dim=1)
         w = self.layers(x)  # [N, w_dim]
         if self.training:
@@ -299,9 +323,9 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(ch + 1, ch, 3)
         self.fc = EqualLinear(ch * 16, ch, act=True)
         self.out = EqualLinear(ch, 1)
-        self.num_classes = cfg.num_classes
-        if cfg.num_classes:
-            self.embed = nn.Embedding(cfg.num_classes, ch)
+        self.cfg, self.num_classes = cfg, cfg.num_classes
+        if cfg.num_classes:  # projection vectors: one per class plus one per factor value, summed
+            self.embed = nn.Parameter(torch.randn(cfg.class_code_dim, ch))
 
     def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
         """Append the mean stddev across a group of samples as a feature map: lets D see diversity."""
@@ -321,7 +345,8 @@ class Discriminator(nn.Module):
         if self.num_classes:
             if c is None:
                 raise StudioError("this discriminator is conditional: it needs class ids")
-            score = score + (self.embed(c) * h).sum(dim=1, keepdim=True) / math.sqrt(h.shape[1])
+            e = class_code(c, self.cfg, h.dtype) @ self.embed  # [N, C4]
+            score = score + (e * h).sum(dim=1, keepdim=True) / math.sqrt(h.shape[1])
         return score
 
 
