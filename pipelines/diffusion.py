@@ -35,6 +35,7 @@ from studio.space import Space, fingerprint
 
 transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
 diffusers.utils.logging.disable_progress_bar()  # loading a model is quick; the render bar is ours
+transformers.utils.logging.disable_progress_bar()
 
 SCHEDULERS = [
     "DDIMScheduler",

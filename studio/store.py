@@ -168,12 +168,12 @@ class Library:
         if not self.exists(object_id):
             atomic_write(path, formats.to_bytes(obj, created))
         with self._tx() as db:
-            db.execute(
+            new = db.execute(
                 "INSERT OR IGNORE INTO objects(id, kind, model, spaces, op, created, summary) VALUES (?,?,?,?,?,?,?)",
                 (object_id, obj.kind, _model_of(obj), json.dumps(_spaces_of(obj)),
                  obj.lineage.op if obj.lineage else None, created, json.dumps(_summary_of(obj))),
-            )
-            if obj.lineage:
+            ).rowcount
+            if obj.lineage and new:  # the first derivation stored is the lineage, in the file and the index
                 db.executemany("INSERT OR IGNORE INTO parents(child, parent, position) VALUES (?,?,?)",
                                [(object_id, p, i) for i, p in enumerate(obj.lineage.parents)])
             if name is not None:

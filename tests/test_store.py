@@ -180,3 +180,13 @@ def test_killing_a_writer_midway_leaves_the_library_intact(tmp_path):
         assert r.names == (f"n{i}",) and torch.all(obj.tensor == i)
     lib.reindex()
     assert lib.check() == []
+
+
+def test_a_second_derivation_of_stored_content_does_not_rewrite_its_lineage(session):
+    lib = session.library
+    a, b = lib.put(noise_latent(1), "a"), lib.put(noise_latent(2), "b")
+    again = noise_latent(1)  # the same content as `a`, reached another way (say, a + 0 * v)
+    again.lineage = Lineage("add", {"s": 0.0}, (a, b))
+    assert lib.put(again, "a_again") == a
+    assert lib.parents("a") == [] and lib.get("a").lineage.op == "sample"
+    assert lib.record(a).names == ("a", "a_again")
