@@ -205,7 +205,6 @@ def test_run_recipe_renders_every_point(studio):
         studio.run_recipe("renders: [", progress=None)
 
 
-@pytest.mark.skipif(not Studio.can_score(), reason="the emoji-judge (pipelines/embedded/emoji-judge) is not installed")
 def test_score_a_vector_with_the_judge(studio, pair):
     _, _, more = studio.generate("tiny-sd", "a twemoji cat", 300, 2, STEPS, 7.5, None, "", progress=None)
     studio.build_vector(pair, more, "text", "to_twemoji", "mean", "style:noto:twemoji", progress=None)
