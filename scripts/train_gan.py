@@ -1,6 +1,6 @@
 """Train the embedded ``emoji-gan``: a class-conditional StyleGAN2-style generator on the emoji data set.
 
-    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 2 --max-minutes 31   # the shipped run
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --max-minutes 31   # the shipped run
     python scripts/train_gan.py --steps 50 --workdir /tmp/g --out /tmp/g/model   # a smoke run
     python scripts/train_gan.py --export-only      # re-export the last checkpoint (e.g. another --truncation)
 
@@ -108,8 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--factorized",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="class embeddings = class + category + style embeddings (G mapping and D projection)",
+        default=False,
+        help="class embeddings = class + category + style embeddings (G mapping and D projection); "
+        "experimental: the shipped model does not use it",
     )
     p.add_argument("--channel-base", type=int, default=1024)
     p.add_argument("--channel-max", type=int, default=64)
