@@ -16,13 +16,11 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_data import load_emoji  # noqa: E402
-
 from pipelines.judge import load_judge  # noqa: E402
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "embedded" / "emoji-judge"

@@ -103,10 +103,13 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--size", type=int, default=None, help="Image height and width in pixels (diffusion).")
 @click.option("--truncation", type=float, default=None, help="Truncation psi (GAN).")
 @click.option("--space", type=click.Choice(["z", "w"]), default=None, help="Latent space to store (GAN; default z).")
+@click.option("--category", default=None, help="Category of a conditional GAN (overrides the prompt), e.g. flags.")
+@click.option("--style", default=None, help="Art style of a conditional GAN (overrides the prompt): noto or twemoji.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, truncation, space, out, as_json):
+def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, truncation, space, category, style, out,
+           as_json):
     """Draw new generations from seeds (and a prompt) and store them.
 
     \b
@@ -115,7 +118,8 @@ def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, t
       studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
     """
     settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "height": size, "width": size,
-                                  "truncation": truncation, "space": space}.items() if v is not None}
+                                  "truncation": truncation, "space": space, "category": category,
+                                  "style": style}.items() if v is not None}
     session = _session(ctx)
     items = session.sample(model, prompt, seed, count, name, tags, **settings)
     paths = None

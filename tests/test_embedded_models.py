@@ -215,3 +215,19 @@ def test_emoji_diffusion_studio_json_is_checked(tmp_path):
     (tmp_path / "studio.json").write_text("{not json")
     with pytest.raises(StudioError, match="studio.json"):
         read_studio_defaults(tmp_path)
+
+
+def test_emoji_gan_cli_category_and_style_options(tmp_path):
+    from studio.cli import main
+
+    result = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "sample", "--model", "emoji-gan", "--seed", "2",
+                                       "--category", "flags", "--style", "noto", "--name", "f"])
+    assert result.exit_code == 0, result.output
+    show = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "latents", "show", "f", "--json"])
+    import json
+
+    settings = json.loads(show.stdout)["settings"]
+    assert (settings["category"], settings["style"]) == ("Flags", "noto")
+    bad = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "sample", "--model", "emoji-gan",
+                                    "--category", "dinosaurs"])
+    assert bad.exit_code == 2 and "unknown category" in bad.stderr
