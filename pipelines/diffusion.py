@@ -382,9 +382,9 @@ class DiffusionAdapter(PipelineAdapter):
         """Each generation's mean UNet bottleneck activation over its first ``steps`` steps (h-space)."""
         return diffusion_edit.hspace_of(self, generations, steps)
 
-    def invert(self, image: Image.Image, prompt: str = "", steps: int = 50) -> Generation:
-        """DDIM inversion of a picture into a generation that re-renders it (guidance 1)."""
-        return diffusion_edit.invert(self, image, prompt, steps)
+    def invert(self, image: Image.Image, prompt: str = "", steps: int = 100, refine: int = 3) -> Generation:
+        """DDIM inversion (``refine`` fixed-point iterations per step) into a generation that re-renders it."""
+        return diffusion_edit.invert(self, image, prompt, steps, refine)
 
     # -- VAE ---------------------------------------------------------------------------------------------
 

@@ -77,8 +77,10 @@ def main() -> None:
     ap.add_argument("--strengths", default="0,0.5,1,1.5,2,3")
     ap.add_argument("--invert", type=int, default=18, help="held-out emoji to invert per model")
     ap.add_argument("--project-steps", type=int, default=300)
-    ap.add_argument("--ddim-steps", type=int, default=50)
+    ap.add_argument("--ddim-steps", type=int, default=100)
     ap.add_argument("--only", choices=["gan", "diffusion"], default=None, help="evaluate one generator")
+    ap.add_argument("--parts", default="vectors,inversion",
+                    help="what to evaluate: vectors (A and B), inversion (C), or both")
     ap.add_argument("--out", default="out/vectors")
     args = ap.parse_args()
     strengths = [float(x) for x in args.strengths.split(",")]
@@ -91,8 +93,9 @@ def main() -> None:
         s = Session(home)
         t0 = time.perf_counter()
         run_gan, run_diffusion = args.only in (None, "gan"), args.only in (None, "diffusion")
+        parts = set(args.parts.split(","))
         # ---- A. GAN: w-space vectors from matched sets (same seeds and categories, the style differs)
-        if run_gan:
+        if run_gan and "vectors" in parts:
             cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(args.sets)]
             sets = gan_sets(s, args.gan, args.sets, 0,
                             noto=[(c, "noto") for c in cats], twemoji=[(c, "twemoji") for c in cats],
@@ -126,7 +129,7 @@ def main() -> None:
             summary["conditional"] = {"plain": plain["rows"], "conditional": cond["rows"]}
 
         # ---- A. diffusion: text-space prompt-pair vectors
-        if run_diffusion:
+        if run_diffusion and "vectors" in parts:
             for definition, key in (("noto_to_twemoji.yaml", "diffusion_style"), ("sun_to_moon.yaml", "diffusion_sky")):
                 st = s.vectors.from_prompts(ROOT / "prompts" / "vectors" / definition, args.diffusion, name=key)
                 r = score_vector(s, st.name, strengths, args.n, out=out / key)
@@ -141,7 +144,8 @@ def main() -> None:
         images, labels = load_emoji(split="heldout")
         rng = np.random.default_rng(0)
         pick = rng.choice(len(images), args.invert, replace=False)
-        for model in [m for m, on in ((args.diffusion, run_diffusion), (args.gan, run_gan)) if on]:
+        inverting = "inversion" in parts
+        for model in [m for m, on in ((args.diffusion, run_diffusion), (args.gan, run_gan)) if on and inverting]:
             adapter = s.adapter(model)
             scores = []
             for i in pick:

@@ -567,7 +567,7 @@ def vectors_score(ctx, vector, strengths, count, seed, model, out, as_json):
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default=None, help=f"Model to invert into (default: {DEFAULT_MODEL}).")
 @click.option("--prompt", "-p", default="", help="Prompt to condition the inversion on (diffusion).")
-@click.option("--steps", type=int, default=None, help="DDIM steps (diffusion, default 50) or optimisation steps "
+@click.option("--steps", type=int, default=None, help="DDIM steps (diffusion, default 100) or optimisation steps "
               "(GAN projection, default 300).")
 @click.option("--category", default=None, help="Class of a conditional GAN to project into.")
 @click.option("--style", default=None, help="Style of a conditional GAN to project into.")
@@ -579,7 +579,8 @@ def invert(ctx, image, model, prompt, steps, category, style, name, out):
     """Turn a picture into a stored generation that re-renders it, so it can be edited.
 
     \b
-    Diffusion models: VAE encode, then DDIM inversion to the starting noise.
+    Diffusion models: VAE encode, then DDIM inversion (each step refined by fixed-point
+    iteration) to the starting noise.
     GAN models: projection into w by optimisation (pixel + perceptual loss).
     \b
     Examples:

@@ -275,7 +275,7 @@ class Session:
         image = open_image(path)
         adapter = self.adapter(model)
         if hasattr(adapter, "invert"):
-            gen = adapter.invert(image, prompt, steps or 50)
+            gen = adapter.invert(image, prompt, steps or 100)
         elif hasattr(adapter, "project"):
             gen = adapter.project(image, steps or 300, **{k: v for k, v in options.items() if v is not None})
         else:
