@@ -308,10 +308,12 @@ class Discriminator(nn.Module):
     Every layer has an equalized learning rate, like the generator's, so one Adam learning rate
     suits both. Conditional (``cfg.num_classes > 0``): a projection head adds
     ``<embed(c), h> / sqrt(dim)`` to the score, h being the last hidden features, so D judges
-    whether the image fits its class.
+    whether the image fits its class. With ``aux=True`` it also has an auxiliary classifier head
+    (AC-GAN, Odena et al. 2017): class logits from the same features, trained on real images, so
+    the generator can be pushed toward pictures that read as the class asked for.
     """
 
-    def __init__(self, cfg: GeneratorConfig, stddev_group: int = 4):
+    def __init__(self, cfg: GeneratorConfig, stddev_group: int = 4, aux: bool = False):
         super().__init__()
         res = cfg.resolutions[::-1]  # R, R/2, ..., 4
         self.from_rgb = EqualConv2d(cfg.img_channels, cfg.channels(res[0]), 1)
@@ -326,6 +328,10 @@ class Discriminator(nn.Module):
         self.cfg, self.num_classes = cfg, cfg.num_classes
         if cfg.num_classes:  # projection vectors: one per class plus one per factor value, summed
             self.embed = nn.Parameter(torch.randn(cfg.class_code_dim, ch))
+        if aux:
+            if not cfg.num_classes:
+                raise StudioError("an auxiliary classifier needs a conditional discriminator")
+            self.aux = EqualLinear(ch, cfg.num_classes)
 
     def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
         """Append the mean stddev across a group of samples as a feature map: lets D see diversity."""
@@ -336,7 +342,8 @@ class Discriminator(nn.Module):
         y = x.reshape(g, n // g, c, h, w).std(dim=0, unbiased=False).mean(dim=[1, 2, 3])  # [N/g]
         return torch.cat([x, y.repeat(g)[:, None, None, None].expand(n, 1, h, w)], dim=1)
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None, with_aux: bool = False):
+        """Scores ``[N, 1]``; with ``with_aux``, also the auxiliary class logits ``[N, num_classes]``."""
         x = _lrelu(self.from_rgb(img))  # [N, C, R, R]
         x = self.blocks(x)  # [N, C4, 4, 4]
         x = _lrelu(self.conv(self.minibatch_stddev(x)))
@@ -347,7 +354,7 @@ class Discriminator(nn.Module):
                 raise StudioError("this discriminator is conditional: it needs class ids")
             e = class_code(c, self.cfg, h.dtype) @ self.embed  # [N, C4]
             score = score + (e * h).sum(dim=1, keepdim=True) / math.sqrt(h.shape[1])
-        return score
+        return (score, self.aux(h)) if with_aux else score
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -103,6 +103,9 @@ def main() -> None:
     print(f"  floor   real train vs held-out          : {floor:8.2f}")
     print(f"  ceiling per-category mean + noise        : {ceiling:8.2f}")
 
+    # diversity reference: every held-out real smiley, the same for every model
+    div_real = pairwise(features(judge, to_tensor(held[cats == 0])))
+
     rows = []
     with tempfile.TemporaryDirectory() as home:
         session = Session(home)
@@ -123,9 +126,6 @@ def main() -> None:
             div_gens = adapter.sample([10_000 + i for i in range(args.diversity_n)], [prompt] * args.diversity_n,
                                       **settings)
             div_model = pairwise(features(judge, session.render(div_gens)))
-            real_smileys = held[cats == 0]
-            pick = real_smileys[rng.choice(len(real_smileys), min(args.diversity_n, len(real_smileys)), replace=False)]
-            div_real = pairwise(features(judge, to_tensor(pick)))
             took = time.perf_counter() - t0
             rows.append((model, cat_ok, sty_ok, fd, div_model, div_real))
             print(f"\n== {model} ({took:.0f} s)")

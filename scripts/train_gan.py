@@ -123,6 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--truncation", type=float, default=0.8, help="default truncation psi stored with the model"
     )
+    p.add_argument(
+        "--aux-weight", type=float, default=None,
+        help="weight of an auxiliary classifier loss (AC-GAN): D learns class and style on real pictures, "
+        "G is pushed toward fakes it reads as the class asked for (0 = off; default: the checkpoint's value, "
+        "else 0; a run may switch it on when resumed)",
+    )
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=100)
@@ -270,6 +276,12 @@ def save_checkpoint(workdir: Path, step: int, nets: dict, opts: dict, extra: dic
     shutil.rmtree(old, ignore_errors=True)
 
 
+def class_and_style_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the 18-way class logits, plus that of the style they imply (summed over categories)."""
+    per_style = logits.reshape(len(logits), len(CATEGORIES), len(STYLES)).logsumexp(dim=1)  # [N, styles]
+    return F.cross_entropy(logits, c) + F.cross_entropy(per_style, c % len(STYLES))
+
+
 def find_checkpoint(workdir: Path) -> Path | None:
     for name in ("ckpt", "ckpt.old"):
         if (workdir / name / "state.json").is_file():
@@ -279,7 +291,13 @@ def find_checkpoint(workdir: Path) -> Path | None:
 
 def load_checkpoint(ckpt: Path, nets: dict, opts: dict, device) -> dict:
     for name, net in nets.items():
-        net.load_state_dict(load_file(str(ckpt / f"{name}.safetensors"), device=str(device)))
+        tensors = load_file(str(ckpt / f"{name}.safetensors"), device=str(device))
+        new = sorted(set(net.state_dict()) - set(tensors))
+        if name == "D" and new and all(k.startswith("aux.") for k in new):  # aux head switched on now
+            print(f"D: starting the auxiliary classifier head fresh ({', '.join(new)})", flush=True)
+            net.load_state_dict(tensors, strict=False)
+        else:
+            net.load_state_dict(tensors)
     for name, opt in opts.items():
         load_optimizer_tensors(opt, load_file(str(ckpt / f"opt_{name}.safetensors"), device=str(device)))
     rng = load_file(str(ckpt / "rng.safetensors"))
@@ -477,7 +495,12 @@ def main(argv=None) -> None:
 
     x_all, _, order, starts, counts, _ = load_data(args, device)
     cfg = generator_config(args)
-    G, D, G_ema = Generator(cfg).to(device), Discriminator(cfg).to(device), Generator(cfg).to(device)
+    ckpt = None if args.fresh else find_checkpoint(workdir)
+    if args.aux_weight is None:
+        trained = json.loads((ckpt / "state.json").read_text())["args"] if ckpt else {}
+        args.aux_weight = float(trained.get("aux_weight") or 0.0)
+    G, D = Generator(cfg).to(device), Discriminator(cfg, aux=args.aux_weight > 0).to(device)
+    G_ema = Generator(cfg).to(device)
     G_ema.load_state_dict(G.state_dict())
     G.train(), D.train(), G_ema.eval().requires_grad_(False)
     ratio = args.r1_every / (args.r1_every + 1)  # lazy regularization: lr and betas as in StyleGAN2
@@ -486,7 +509,6 @@ def main(argv=None) -> None:
     nets, opts = {"G": G, "D": D, "G_ema": G_ema}, {"G": opt_G, "D": opt_D}
 
     step, seconds, metrics = 0, 0.0, None
-    ckpt = None if args.fresh else find_checkpoint(workdir)
     if ckpt is not None:
         state = load_checkpoint(ckpt, nets, opts, device)
         step, seconds, metrics = state["step"], state.get("seconds", 0.0), state.get("metrics")
@@ -512,6 +534,7 @@ def main(argv=None) -> None:
     log = open(workdir / "log.jsonl", "a")
     stats = defaultdict(float)
     bar = tqdm(total=args.steps, initial=step, desc="emoji-gan", dynamic_ncols=True, mininterval=2.0)
+    aux = args.aux_weight > 0
     t0, last = time.time() - seconds, time.time()
     last_step = step
     while step < args.steps:
@@ -524,10 +547,17 @@ def main(argv=None) -> None:
 
         do_r1 = args.r1_gamma > 0 and step % args.r1_every == 0
         real_aug = augment(real, policy).detach().requires_grad_(do_r1)
-        d_real = D(real_aug, c_real)
+        if aux:
+            d_real, logits_real = D(real_aug, c_real, with_aux=True)
+        else:
+            d_real = D(real_aug, c_real)
         d_fake = D(augment(fake.detach(), policy), c_fake)
         loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
         stats["loss_d"] += loss_d.item()
+        if aux:
+            aux_d = class_and_style_loss(logits_real, c_real)
+            loss_d = loss_d + args.aux_weight * aux_d
+            stats["aux_d"] += aux_d.item()
         if do_r1:
             (grad,) = torch.autograd.grad(d_real.sum(), real_aug, create_graph=True)
             r1 = grad.square().sum(dim=[1, 2, 3]).mean()
@@ -538,7 +568,13 @@ def main(argv=None) -> None:
         opt_D.step()
 
         D.requires_grad_(False)
-        loss_g = F.softplus(-D(augment(fake, policy), c_fake)).mean()
+        if aux:
+            g_score, logits_fake = D(augment(fake, policy), c_fake, with_aux=True)
+            aux_g = class_and_style_loss(logits_fake, c_fake)
+            loss_g = F.softplus(-g_score).mean() + args.aux_weight * aux_g
+            stats["aux_g"] += aux_g.item()
+        else:
+            loss_g = F.softplus(-D(augment(fake, policy), c_fake)).mean()
         opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_G.step()

@@ -150,3 +150,19 @@ def test_gan_save_load_round_trip(tmp_path):
     assert all(
         (pixels(a) == pixels(b)).all() for a, b in zip(gan.render(gens), loaded.render(gens), strict=True)
     )
+
+
+def test_discriminator_auxiliary_classifier_head():
+    from pipelines.stylegan import Discriminator, GeneratorConfig
+
+    cfg = GeneratorConfig(z_dim=8, w_dim=8, mapping_layers=1, resolution=8, channel_base=64, channel_max=16,
+                          num_classes=6)
+    torch.manual_seed(0)
+    d = Discriminator(cfg, aux=True)
+    img, c = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 5])
+    score, logits = d(img, c, with_aux=True)
+    assert score.shape == (4, 1) and logits.shape == (4, 6)
+    assert torch.equal(d(img, c), score)  # the realness score does not depend on asking for the logits
+    assert list(dict(d.named_parameters()))[-2:] == ["aux.weight", "aux.bias"]  # last: old optimizer states fit
+    with pytest.raises(StudioError, match="auxiliary classifier needs a conditional"):
+        Discriminator(GeneratorConfig(resolution=8, channel_base=64, channel_max=16), aux=True)
