@@ -1,6 +1,10 @@
 """Train the embedded ``emoji-gan``: a class-conditional StyleGAN2-style generator on the emoji data set.
 
-    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --max-minutes 31   # the shipped run
+    # the shipped run, in three resumed parts (see the model card), 90 minutes of training:
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --max-minutes 31
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --steps 30000 --stop-after 9000
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 2 --steps 40000 --max-minutes 90 --aux-weight 0.5
+    python scripts/train_gan.py --export-only --truncation 1.0
     python scripts/train_gan.py --steps 50 --workdir /tmp/g --out /tmp/g/model   # a smoke run
     python scripts/train_gan.py --export-only      # re-export the last checkpoint (e.g. another --truncation)
 
@@ -12,7 +16,9 @@ What it does:
 * model: ``pipelines.stylegan`` Generator (mapping z + class embedding -> w, tracked per-class
   w averages) and a projection Discriminator, same config.
 * loss: non-saturating logistic loss, lazy R1 on real pictures every ``--r1-every`` steps
-  (Adam's lr and betas of D adjusted for the lazy interval, as in StyleGAN2), Adam(0, 0.99).
+  (Adam's lr and betas of D adjusted for the lazy interval, as in StyleGAN2), Adam(0, 0.99);
+  optionally (``--aux-weight``) an auxiliary classifier loss (AC-GAN): D also classifies real
+  pictures by class and style, G is pushed toward fakes D reads as the class asked for.
 * DiffAugment-style differentiable augmentation (colour + translation) of every picture D sees,
   real and fake alike (Zhao et al., "Differentiable Augmentation for Data-Efficient GAN Training", 2020).
 * EMA of the generator weights (half-life ``--ema-kimg`` thousand pictures, ramped up): the EMA
