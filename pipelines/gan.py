@@ -163,6 +163,11 @@ class GanAdapter(PipelineAdapter):
         return {"truncation": self._defaults["truncation"], "resolution": self.config.resolution}
 
     def _settings(self, settings: dict) -> dict:
+        known = set(self.default_settings()) | {"category", "style"}
+        unknown = set(settings) - known
+        if unknown:
+            raise StudioError(f"unknown setting(s) {', '.join(sorted(unknown))} for a GAN; expected "
+                              f"{', '.join(sorted(known))}")
         merged = {**self.default_settings(), **settings}
         check_number(merged, "truncation", -2.0, 2.0)
         if merged["resolution"] != self.config.resolution:

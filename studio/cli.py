@@ -100,6 +100,8 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--tag", "tags", multiple=True, help="Tag to attach (repeatable).")
 @click.option("--steps", type=int, default=None, help="Denoising steps (diffusion).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (diffusion).")
+@click.option("--negative", default=None, help="Negative prompt that guidance steers away from (diffusion), "
+              "e.g. 'noto style'.")
 @click.option("--size", type=int, default=None, help="Image height and width in pixels (diffusion).")
 @click.option("--truncation", type=float, default=None, help="Truncation psi (GAN).")
 @click.option("--space", type=click.Choice(["z", "w"]), default=None, help="Latent space to store (GAN; default z).")
@@ -108,8 +110,8 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, truncation, space, category, style, out,
-           as_json):
+def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negative, size, truncation, space, category,
+           style, out, as_json):
     """Draw new generations from seeds (and a prompt) and store them.
 
     \b
@@ -117,7 +119,8 @@ def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, size, t
       studio sample --prompt "smiling cat face" --seed 3 --out out/
       studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
     """
-    settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "height": size, "width": size,
+    settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "negative_prompt": negative,
+                                  "height": size, "width": size,
                                   "truncation": truncation, "space": space, "category": category,
                                   "style": style}.items() if v is not None}
     session = _session(ctx)

@@ -51,6 +51,17 @@ def test_sample_slerp_render_and_lineage(tmp_path, model, extra):
     assert back[0]["id"] == info["id"]
 
 
+def test_negative_prompt_is_a_stored_setting_that_changes_the_picture(tmp_path):
+    home = tmp_path / "home"
+    common = ["sample", "--model", "tiny-sd", "--prompt", "a cat", "--steps", "2", "--seed", "4"]
+    studio(home, *common, "--name", "plain", "--out", str(tmp_path / "out"))
+    studio(home, *common, "--negative", "a dog", "--name", "neg", "--out", str(tmp_path / "out"))
+    info = json.loads(studio(home, "latents", "show", "neg", "--json").stdout)
+    assert info["settings"]["negative_prompt"] == "a dog"
+    plain, neg = (np.asarray(Image.open(tmp_path / "out" / f"{n}.png"), int) for n in ("plain", "neg"))
+    assert np.abs(plain - neg).mean() > 0.5
+
+
 def test_same_seed_gives_identical_bytes_and_pixels(tmp_path):
     ids, tensors = [], []
     for run in ("one", "two"):
@@ -126,6 +137,7 @@ def text_file(tmp_path):
     (["sample", "--model", "stabilityai/sd-turbo"], ["stabilityai/sd-turbo", "offline"]),
     (["sample", "--model", "tiny-sd", "--size", "30"], ["multiple of 8"]),
     (["sample", "--model", "tiny-gan", "-n", "0"], ["count must be between"]),
+    (["sample", "--model", "tiny-gan", "--negative", "noto style"], ["unknown setting(s) negative_prompt for a GAN"]),
 ])
 def test_user_errors_exit_2_with_one_line_and_change_nothing(mixed_home, tmp_path, args, words):
     files = {"NAN": nan_file, "CUT": truncated_file, "TEXT": text_file}
