@@ -32,8 +32,8 @@ from studio.session import Session  # noqa: E402
 
 
 def best_row(result: dict, min_keep: float = 0.8) -> dict | None:
-    """The strength with the highest flip rate among those that keep the other attribute >= min_keep."""
-    ok = [r for r in result["rows"] if r["preservation"] >= min_keep]
+    """The edit (strength > 0) with the highest flip rate among those keeping the other attribute >= min_keep."""
+    ok = [r for r in result["rows"] if r["preservation"] >= min_keep and r["strength"] > 0]
     return max(ok, key=lambda r: r["flip_rate"]) if ok else None
 
 
@@ -45,7 +45,7 @@ def report(title: str, result: dict) -> dict | None:
         print(f"   best with preservation >= 80%: strength {best['strength']:g}: flip {best['flip_rate']:.1%}, "
               f"kept {best['preservation']:.1%}  {'MEETS' if best['flip_rate'] >= 0.7 else 'below'} the 70% flip target")
     else:
-        print("   no strength keeps the other attribute >= 80%")
+        print("   no edit (strength > 0) keeps the other attribute >= 80%")
     return best
 
 
