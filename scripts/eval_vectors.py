@@ -3,7 +3,8 @@
   A. style (Noto -> Twemoji) and one more attribute per generator, scored by emoji-judge:
      emoji-gan: w-space mean differences (style; category Smileys -> Animals);
      emoji-diffusion: text-space prompt pairs (prompts/vectors/noto_to_twemoji.yaml and
-     sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe).
+     sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe); the style
+     vector also rendered SDEdit-style (from the source picture noised to 0.7 and 0.85).
   B. conditional vs plain: a style vector built from sets confounded with category, before and
      after removing the category direction (InterFaceGAN's conditional manipulation), compared
      at matched flip rates.
@@ -135,6 +136,12 @@ def main() -> None:
                 r = score_vector(s, st.name, strengths, args.n, out=out / key)
                 a = r["attribute"]
                 summary[key] = report(f"{args.diffusion}: {a['name']} {a['from']} -> {a['to']} (text, prompt pair)", r)
+            # the same style vector rendered SDEdit-style from the source picture: the layout is kept
+            for sd in (0.7, 0.85):
+                r = score_vector(s, "diffusion_style", strengths, args.n, out=out / f"diffusion_style_sdedit{sd:g}",
+                                 sdedit=sd)
+                summary[f"diffusion_style_sdedit{sd:g}"] = report(
+                    f"{args.diffusion}: style noto -> twemoji (text, prompt pair), SDEdit from strength {sd:g}", r)
 
         # ---- C. inversion of held-out emoji
         from PIL import Image

@@ -541,11 +541,14 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
 @click.option("-n", "count", type=int, default=36, show_default=True, help="Source samples per strength.")
 @click.option("--seed", type=int, default=1000, show_default=True, help="First seed of the source samples.")
 @click.option("--model", "-m", default=None, help="Model to sample from (default: the vector's).")
+@click.option("--sdedit", "sdedit_strength", type=float, default=None,
+              help="Diffusion: render the edits SDEdit-style from the source picture noised to this strength "
+              "(0-1), as 'vectors apply --mode sdedit' does.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="out/score", show_default=True,
               help="Folder for score.png (the curves) and strip.png (examples).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def vectors_score(ctx, vector, strengths, count, seed, model, out, as_json):
+def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, out, as_json):
     """Sweep strengths and judge the edits: flip rate, preservation of the other attribute, pixel change.
 
     \b
@@ -556,7 +559,7 @@ def vectors_score(ctx, vector, strengths, count, seed, model, out, as_json):
 
     session = _session(ctx)
     with progress_bar("score", not as_json) as cb:
-        result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb)
+        result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb, sdedit_strength)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -94,8 +94,12 @@ def source_generations(session: Session, model: str, attribute: dict, n: int, se
 
 def score_vector(session: Session, vector_ref: str, strengths: list[float], n: int = 36, seed: int = 1000,
                  model: str | None = None, out: str | os.PathLike | None = None,
-                 progress: Any = None) -> dict[str, Any]:
-    """Sweep strengths; returns the table rows and the paths of the plot and the example strip."""
+                 progress: Any = None, sdedit: float | None = None) -> dict[str, Any]:
+    """Sweep strengths; returns the table rows and the paths of the plot and the example strip.
+
+    ``sdedit`` (diffusion): render each edit SDEdit-style, from the source picture noised to this
+    strength (as ``vectors apply --mode sdedit``), instead of from the source's own noise.
+    """
     v = session.get(vector_ref)
     if not isinstance(v, Vector):
         raise StudioError(f"{vector_ref} is a {v.kind}, not a vector")
@@ -115,8 +119,18 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     base = source_generations(session, model, attribute, n, seed, space=role,
                               templates=v.meta.get("templates"), source_phrase=v.meta.get("from", ""))
     edited = {s: [algebra.add(g, algebra.scale(v, s)) for g in base] for s in strengths}
-    images = session.render(base + [g for s in strengths for g in edited[s]], progress)
-    base_img, rest = images[:n], images[n:]
+    if sdedit is None:
+        images = session.render(base + [g for s in strengths for g in edited[s]], progress)
+        base_img, rest = images[:n], images[n:]
+    else:
+        if not 0 < sdedit <= 1 or session.adapter(model).family != "diffusion":
+            raise StudioError("sdedit scoring needs a diffusion model and a strength in (0, 1]")
+        base_img = session.render(base)
+        inits = session.adapter(model).encode(base_img)
+        edited = {s: [Generation({**g.roles, "init": init}, g.model, {**g.settings, "sdedit": float(sdedit)}, {},
+                                 g.lineage) for g, init in zip(gens, inits, strict=True)]
+                  for s, gens in edited.items()}
+        rest = session.render([g for s in strengths for g in edited[s]], progress)
     verdict0 = judged(judge, probes, base_img)
     rows, strip = [], [base_img[: min(n, 6)]]
     for k, s in enumerate(strengths):
@@ -127,7 +141,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         change = np.mean([np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() / 255 for a, b in zip(ims, base_img)])
         rows.append(ScoreRow(float(s), float(flip), float(keep), float(change), n))
         strip.append(ims[: min(n, 6)])
-    result: dict[str, Any] = {"vector": vector_ref, "attribute": attribute, "model": model,
+    result: dict[str, Any] = {"vector": vector_ref, "attribute": attribute, "model": model, "sdedit": sdedit,
                               "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
                               "rows": [asdict(r) for r in rows]}
     if out is not None:

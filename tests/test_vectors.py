@@ -160,6 +160,20 @@ def test_ddim_inversion_is_deterministic_and_renders_at_the_model_size(tiny, tmp
     assert tiny.render([g1])[0].size == (64, 64)
 
 
+def test_scoring_in_sdedit_mode_renders_from_the_source_pictures(tiny, tmp_path):
+    from studio.scoring import score_vector
+
+    definition = {"from": "noto", "to": "twemoji", "templates": ["cat, {}"],
+                  "attribute": {"name": "style", "from": "noto", "to": "twemoji"}}
+    tiny.vectors.from_prompts(definition, "tiny-sd", name="style_sd")
+    result = score_vector(tiny, "style_sd", [0.0, 2.0], n=2, sdedit=0.5)
+    assert result["sdedit"] == 0.5 and [r["strength"] for r in result["rows"]] == [0.0, 2.0]
+    # at strength 0 the SDEdit re-render is not the source picture itself, but close to it
+    assert result["rows"][0]["pixel_change"] > 0.01  # latent mode: exactly 0 at strength 0
+    with pytest.raises(StudioError, match="sdedit scoring needs a diffusion model"):
+        score_vector(tiny, "style_sd", [1.0], n=2, sdedit=1.5)
+
+
 def test_refined_ddim_inversion_is_the_exact_inverse_of_the_sampler(tiny, monkeypatch):
     """With a denoiser whose behaviour is known (the optimal one for Gaussian latents) in place of the
     random UNet, the refined inversion followed by the adapter's own DDIM render lands on the VAE
