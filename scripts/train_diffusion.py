@@ -237,7 +237,13 @@ def resolve_steps(args, stem: Path, default: int, time_step) -> int:
 
 
 def check_run(state: dict, run: dict) -> None:
-    if state["run"] != json.loads(json.dumps(run)):
+    """A resumed run must match the checkpoint's settings; only ``steps`` may grow (extending a run:
+    the learning-rate schedule is then the longer run's from the checkpoint's step on)."""
+    saved, asked = dict(state["run"]), json.loads(json.dumps(run))
+    saved.setdefault("balance", "emoji")  # checkpoints from before --balance existed
+    if saved.get("steps", 0) <= asked.get("steps", 0):
+        saved["steps"] = asked.get("steps")
+    if saved != asked:
         raise SystemExit("error: the checkpoint was made with other settings; drop --resume or match them")
 
 
