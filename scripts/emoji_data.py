@@ -26,6 +26,19 @@ import numpy as np
 
 from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: F401  (the class order of every model)
 
+# One prompt per category: the rows of the diffusion model's sample grids (training and model card).
+GRID_PROMPTS = [
+    "grinning face, smileys and emotion",
+    "woman, people and body",
+    "cat face, animals and nature",
+    "red apple, food and drink",
+    "airplane, travel and places",
+    "soccer ball, activities",
+    "light bulb, objects",
+    "no entry sign, symbols",
+    "japan flag, flags",
+]
+
 SKIN_TONES: list[str] = ["light", "medium-light", "medium", "medium-dark", "dark"]
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 

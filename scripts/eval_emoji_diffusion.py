@@ -37,19 +37,7 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from emoji_data import CATEGORIES, STYLES, load_emoji  # noqa: E402
-
-GRID_ROWS = [
-    "grinning face, smileys and emotion",
-    "woman, people and body",
-    "cat face, animals and nature",
-    "red apple, food and drink",
-    "airplane, travel and places",
-    "soccer ball, activities",
-    "light bulb, objects",
-    "no entry sign, symbols",
-    "japan flag, flags",
-]
+from emoji_data import CATEGORIES, GRID_PROMPTS, STYLES, load_emoji  # noqa: E402
 
 
 def class_prompts(labels: list[dict], per_class: int, seed: int) -> list[tuple[str, str, str]]:
@@ -100,20 +88,20 @@ def adherence(adapter, judge, jobs, guidances: list[float], seed: int, steps: in
 
 
 def sample_grid(adapter, path: Path, seeds: list[int], scale: int = 2, **settings) -> None:
-    """Rows = GRID_ROWS; columns = seeds in noto style, then the same seeds in twemoji style; labelled."""
-    jobs = [(f"{row}, {s} style", seed) for row in GRID_ROWS for s in STYLES for seed in seeds]
+    """Rows = GRID_PROMPTS; columns = seeds in noto style, then the same seeds in twemoji style; labelled."""
+    jobs = [(f"{row}, {s} style", seed) for row in GRID_PROMPTS for s in STYLES for seed in seeds]
     gens = adapter.sample([seed for _, seed in jobs], [p for p, _ in jobs], **settings)
     images = adapter.render(gens)
     side = images[0].size[0] * scale
     cols = len(STYLES) * len(seeds)
     label_w, head_h, gap = 230, 22, 4
-    sheet = Image.new("RGB", (label_w + cols * (side + gap), head_h + len(GRID_ROWS) * (side + gap)), "white")
+    sheet = Image.new("RGB", (label_w + cols * (side + gap), head_h + len(GRID_PROMPTS) * (side + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     for j, s in enumerate(STYLES):
         draw.text((label_w + j * len(seeds) * (side + gap) + 4, 4), f"{s} style, seeds {seeds[0]}-{seeds[-1]}",
                   fill="black", font=font)
-    for i, row in enumerate(GRID_ROWS):
+    for i, row in enumerate(GRID_PROMPTS):
         y = head_h + i * (side + gap)
         draw.text((6, y + side // 2 - 6), row, fill="black", font=font)
         for j in range(cols):

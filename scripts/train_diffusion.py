@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from emoji_data import CATEGORIES, EmojiDataMissing, load_emoji  # noqa: E402
+from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, load_emoji  # noqa: E402
 
 DEFAULT_WORK = ROOT / "out" / "emoji-diffusion"
 DEFAULT_OUT = ROOT / "pipelines" / "embedded" / "emoji-diffusion"
@@ -66,18 +66,6 @@ MAX_LENGTH = 96  # tokens per prompt: every caption of the set fits (the longest
 FLIP_CATEGORIES = {c for c in CATEGORIES if c not in ("Flags", "Symbols")}
 NO_FLIP_WORDS = re.compile(r"left|right")
 
-# Prompts of the sample grids written during training: one per category, both styles.
-GRID_PROMPTS = [
-    "grinning face, smileys and emotion",
-    "woman, people and body",
-    "cat face, animals and nature",
-    "red apple, food and drink",
-    "airplane, travel and places",
-    "soccer ball, activities",
-    "light bulb, objects",
-    "no entry sign, symbols",
-    "japan flag, flags",
-]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
