@@ -56,6 +56,8 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
+from checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+
 from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, load_emoji  # noqa: E402
 
 DEFAULT_WORK = ROOT / "out" / "emoji-diffusion"
@@ -156,48 +158,6 @@ def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = x[i]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
-
-
-def save_checkpoint(stem: Path, modules: dict[str, torch.nn.Module], opt, state: dict) -> None:
-    """Module + optimizer tensors in ``stem.safetensors``, the rest in ``stem.json`` (atomic)."""
-    from safetensors.torch import save_file
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for prefix, module in modules.items():
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
-    osd = opt.state_dict()
-    for pid, pstate in osd["state"].items():
-        for name, v in pstate.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tmp = stem.with_name(stem.name + ".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, stem.with_name(stem.name + ".safetensors"))
-    tmp = stem.with_name(stem.name + ".json.tmp")
-    tmp.write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
-    os.replace(tmp, stem.with_name(stem.name + ".json"))
-
-
-def load_checkpoint(stem: Path, modules: dict[str, torch.nn.Module], opt) -> dict | None:
-    from safetensors.torch import load_file
-
-    js, st = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
-    if not js.is_file() or not st.is_file():
-        return None
-    state = json.loads(js.read_text())
-    tensors = load_file(str(st))
-    for prefix, module in modules.items():
-        n = len(prefix) + 1
-        module.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
-    dev = next(iter(modules.values())).device
-    opt_state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v if name == "step" else v.to(dev)
-    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    return state
 
 
 def checkpoint_steps(stem: Path) -> int | None:

@@ -37,6 +37,8 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
+from checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+
 from emoji_data import CATEGORIES, STYLES, EmojiDataMissing, label_arrays, load_emoji  # noqa: E402
 from pipelines.judge import EmojiJudge, JudgeConfig  # noqa: E402
 
@@ -106,44 +108,6 @@ def sample_weights(labels: list[dict]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- checkpoint
-
-
-def save_checkpoint(stem: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Model + optimizer tensors in ``stem.safetensors``, the rest in ``stem.json`` (atomic)."""
-    from safetensors.torch import save_file
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for pid, pstate in osd["state"].items():
-        for name, v in pstate.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tmp = stem.with_name(stem.name + ".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, stem.with_name(stem.name + ".safetensors"))
-    state = {**state, "param_groups": osd["param_groups"]}
-    tmp = stem.with_name(stem.name + ".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, stem.with_name(stem.name + ".json"))
-
-
-def load_checkpoint(stem: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
-    from safetensors.torch import load_file
-
-    js, st = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
-    if not js.is_file() or not st.is_file():
-        return None
-    state = json.loads(js.read_text())
-    tensors = load_file(str(st))
-    dev = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v if name == "step" else v.to(dev)
-    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    return state
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -243,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     start_epoch, elapsed = 0, 0.0
     history: list[dict] = []
     if args.resume:
-        state = load_checkpoint(stem, model, opt)
+        state = load_checkpoint(stem, {"model": model}, opt)
         if state is not None:
             if state["run"] != json.loads(json.dumps(run_key)):
                 print(
@@ -302,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         save_checkpoint(
-            stem, model, opt, {"run": run_key, "epoch": epoch + 1, "elapsed_s": elapsed, "history": history}
+            stem, {"model": model}, opt, {"run": run_key, "epoch": epoch + 1, "elapsed_s": elapsed, "history": history}
         )
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             print(f"stopped after epoch {epoch + 1}; checkpoint in {stem}.*; go on with --resume")
