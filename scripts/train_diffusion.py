@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from training import load_checkpoint, lr_at, save_checkpoint, torch_device  # noqa: E402
 
 from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, load_emoji  # noqa: E402
 
@@ -116,14 +116,6 @@ def ints(text: str) -> tuple[int, ...]:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one optimizer step: the same draws after a resume."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def lr_at(step: int, total: int, base: float, warm: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    if step < warm:
-        return base * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def sample_weights(labels: list[dict], balance: str = "emoji") -> torch.Tensor:
@@ -712,10 +704,7 @@ def train_unet(args, device) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    device = torch_device(args.threads, args.device)
     try:
         return train_vae(args, device) if args.stage == "vae" else train_unet(args, device)
     except EmojiDataMissing as e:

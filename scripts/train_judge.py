@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from training import load_checkpoint, save_checkpoint, torch_device  # noqa: E402
 
 from emoji_data import CATEGORIES, STYLES, EmojiDataMissing, label_arrays, load_emoji  # noqa: E402
 from pipelines.judge import EmojiJudge, JudgeConfig  # noqa: E402
@@ -158,6 +158,7 @@ def cpu_name() -> str:
 
 
 def lr_at(step: int, total: int, base: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
     warm = max(1, total // 20)
     if step < warm:
         return base * (step + 1) / warm
@@ -166,10 +167,7 @@ def lr_at(step: int, total: int, base: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    device = torch_device(args.threads, args.device)
 
     try:
         train_np, train_labels = load_emoji(args.cache, split="train", size=64)

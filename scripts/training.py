@@ -1,4 +1,5 @@
-"""Resumable training checkpoints shared by the training scripts.
+"""What the judge and diffusion training scripts share: torch setup and resumable checkpoints
+(and the diffusion stages' learning-rate schedule).
 
 A checkpoint is two files next to each other: ``STEM.safetensors`` holds every module's tensors
 (keys ``<prefix>.<name>``) and the optimizer's per-parameter state (``opt.<index>.<name>``);
@@ -9,10 +10,27 @@ Both are written through a temporary file and renamed, so a stop mid-write keeps
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
+
+
+def torch_device(threads: int, device: str | None) -> torch.device:
+    """Set the CPU thread count and deterministic cuDNN; the device asked for, else CUDA when present."""
+    torch.set_num_threads(max(1, threads))
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def lr_at(step: int, total: int, base: float, warm: int) -> float:
+    """Linear warm-up over ``warm`` steps, then cosine decay to a tenth of the peak."""
+    if step < warm:
+        return base * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def save_checkpoint(stem: Path, modules: dict[str, torch.nn.Module], opt, state: dict) -> None:
