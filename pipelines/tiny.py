@@ -37,15 +37,18 @@ def byte_unicode_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def write_char_tokenizer(folder: str | Path, max_length: int = TINY_SD_MAX_LENGTH) -> Path:
-    """Write a minimal CLIP byte-level tokenizer (vocab.json, merges.txt, config) into ``folder``."""
+def write_bpe_tokenizer(folder: str | Path, merges: list[str], max_length: int) -> Path:
+    """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt, config) into ``folder``.
+
+    The vocabulary is the 256 byte characters, each also as a word end (``</w>``), then one token
+    per merge (``"a b"`` adds ``ab``) in merge order, then the two special tokens."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chars = byte_unicode_chars()
-    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in (m.split() for m in _MERGES)] + _SPECIAL
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in (m.split() for m in merges)] + _SPECIAL
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": max_length,
@@ -53,6 +56,11 @@ def write_char_tokenizer(folder: str | Path, max_length: int = TINY_SD_MAX_LENGT
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
+
+
+def write_char_tokenizer(folder: str | Path, max_length: int = TINY_SD_MAX_LENGTH) -> Path:
+    """Write a minimal CLIP byte-level tokenizer: single characters plus a few merges."""
+    return write_bpe_tokenizer(folder, _MERGES, max_length)
 
 
 @lru_cache(maxsize=1)

@@ -63,7 +63,9 @@ from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, load_emoji  #
 DEFAULT_WORK = ROOT / "out" / "emoji-diffusion"
 DEFAULT_OUT = ROOT / "pipelines" / "embedded" / "emoji-diffusion"
 RESOLUTION = 64  # pixels
-MAX_LENGTH = 96  # tokens per prompt: every caption of the set fits (the longest is 90)
+# Tokens per prompt, by tokenizer: every caption of the set fits (the longest is 90 characters and
+# 24 words; each caption also has a start and an end token).
+MAX_LENGTH = {"chars": 96, "words": 32}
 # Categories whose pictures keep their meaning when mirrored (flags, arrows, letters do not).
 FLIP_CATEGORIES = {c for c in CATEGORIES if c not in ("Flags", "Symbols")}
 NO_FLIP_WORDS = re.compile(r"left|right")
@@ -97,6 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--unet-channels", default="32,64,128", help="UNet2DConditionModel block_out_channels")
     ap.add_argument("--text-width", type=int, default=128, help="text encoder hidden size")
     ap.add_argument("--text-layers", type=int, default=4, help="text encoder layers")
+    ap.add_argument("--tokenizer", choices=["words", "chars"], default="chars",
+                    help="words: BPE merges learnt from the training captions until each of their words is one "
+                         "token (unseen words fall apart into pieces); chars: single characters")
     ap.add_argument("--ema", type=float, default=0.998, help="EMA decay of the UNet and text encoder weights")
     ap.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (for CFG)")
     ap.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-gamma loss weighting (0: off)")
@@ -181,6 +186,7 @@ def check_run(state: dict, run: dict) -> None:
     the learning-rate schedule is then the longer run's from the checkpoint's step on)."""
     saved, asked = dict(state["run"]), json.loads(json.dumps(run))
     saved.setdefault("balance", "emoji")  # checkpoints from before --balance existed
+    saved.setdefault("tokenizer", "chars")  # ... and before --tokenizer
     if saved.get("steps", 0) <= asked.get("steps", 0):
         saved["steps"] = asked.get("steps")
     if saved != asked:
@@ -356,12 +362,59 @@ def train_vae(args, device) -> int:
 # --------------------------------------------------------------------------- UNet stage
 
 
-def build_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
+def learn_merges(texts: list[str], limit: int = 20_000) -> list[str]:
+    """Byte-level BPE merges learnt from ``texts``, most frequent pair first (ties: the smaller
+    pair), until every word of ``texts`` is a single token or ``limit`` merges are made.
+    Words are split as the CLIP tokenizer splits them, so it applies the merges the same way."""
     from pipelines.tiny import write_char_tokenizer
 
-    return CLIPTokenizer.from_pretrained(write_char_tokenizer(folder, MAX_LENGTH))
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = CLIPTokenizer.from_pretrained(write_char_tokenizer(tmp)).backend_tokenizer
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    words = [[*w[:-1], w[-1] + "</w>"] for w in counts]
+    freq = list(counts.values())
+    merges: list[str] = []
+    while len(merges) < limit:
+        pairs: dict[tuple[str, str], int] = {}
+        for w, f in zip(words, freq):
+            for pair in zip(w, w[1:]):
+                pairs[pair] = pairs.get(pair, 0) + f
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(f"{best[0]} {best[1]}")
+        joined = best[0] + best[1]
+        for k, w in enumerate(words):
+            if len(w) < 2:
+                continue
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[k] = out
+    return merges
+
+
+def build_tokenizer(folder: Path, kind: str, captions: list[str]):
+    """The prompt tokenizer, written to ``folder``: character-level, or BPE on the captions' words."""
+    from transformers import CLIPTokenizer
+
+    from pipelines.tiny import write_bpe_tokenizer, write_char_tokenizer
+
+    if kind == "chars":
+        return CLIPTokenizer.from_pretrained(write_char_tokenizer(folder, MAX_LENGTH[kind]))
+    return CLIPTokenizer.from_pretrained(write_bpe_tokenizer(folder, learn_merges(captions), MAX_LENGTH[kind]))
 
 
 def build_text_encoder(tokenizer, width: int, layers: int):
@@ -374,7 +427,7 @@ def build_text_encoder(tokenizer, width: int, layers: int):
             intermediate_size=4 * width,
             num_hidden_layers=layers,
             num_attention_heads=max(1, width // 32),
-            max_position_embeddings=MAX_LENGTH,
+            max_position_embeddings=tokenizer.model_max_length,
             projection_dim=width,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -554,7 +607,8 @@ def train_unet(args, device) -> int:
     can_flip = torch.tensor([lab["category"] in FLIP_CATEGORIES and not NO_FLIP_WORDS.search(lab["name"])
                              for lab in labels])
     parts = [caption_parts(lab) for lab in labels]
-    tokenizer = build_tokenizer(work / "tokenizer")
+    tokenizer = build_tokenizer(work / "tokenizer", args.tokenizer, sorted({lab["caption"] for lab in labels}))
+    max_length = tokenizer.model_max_length
     bench: dict = {}
 
     def time_step():  # one step of throwaway networks on the same shapes
@@ -562,7 +616,7 @@ def train_unet(args, device) -> int:
             bench["t"] = build_text_encoder(tokenizer, args.text_width, args.text_layers).to(device)
             bench["u"] = build_unet(ints(args.unet_channels), args.text_width).to(device)
             bench["o"] = torch.optim.AdamW(list(bench["u"].parameters()) + list(bench["t"].parameters()), lr=lr)
-        ids = tokenizer([lab["caption"] for lab in labels[:bs]], padding="max_length", max_length=MAX_LENGTH,
+        ids = tokenizer([lab["caption"] for lab in labels[:bs]], padding="max_length", max_length=max_length,
                         truncation=True, return_tensors="pt").input_ids.to(device)
         z = lat["mean"][:bs].to(device)
         t = torch.randint(0, 1000, (bs,), device=device)
@@ -591,7 +645,7 @@ def train_unet(args, device) -> int:
     run = {"stage": "unet", "steps": steps, "batch_size": bs, "lr": lr, "seed": args.seed, "vae": vae_hash,
            "unet_channels": args.unet_channels, "text_width": args.text_width, "text_layers": args.text_layers,
            "ema": args.ema, "caption_dropout": args.caption_dropout, "min_snr": args.min_snr,
-           "balance": args.balance}
+           "balance": args.balance, "tokenizer": args.tokenizer}
     modules = {"unet": unet, "text": text_encoder, "ema_unet": _EmaModule(ema_unet, device),
                "ema_text": _EmaModule(ema_text, device)}
     start, elapsed, history = 0, 0.0, []
@@ -607,7 +661,7 @@ def train_unet(args, device) -> int:
     def tokens(captions: list[str]) -> torch.Tensor:
         missing = [c for c in dict.fromkeys(captions) if c not in token_cache]
         if missing:
-            ids = tokenizer(missing, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
+            ids = tokenizer(missing, padding="max_length", max_length=max_length, truncation=True).input_ids
             token_cache.update(zip(missing, ids))
         return torch.tensor([token_cache[c] for c in captions], device=device)
 
@@ -677,10 +731,11 @@ def train_unet(args, device) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
-    # The tokenizer as written by pipelines.tiny (vocab.json + merges.txt), not a converted copy.
+    # The tokenizer as written for training (vocab.json + merges.txt), not a converted copy.
     for f in (out / "tokenizer").iterdir():
         f.unlink()
-    build_tokenizer(out / "tokenizer")
+    for f in (work / "tokenizer").iterdir():
+        (out / "tokenizer" / f.name).write_bytes(f.read_bytes())
     for f in out.rglob("*"):
         if f.is_file():
             os.chmod(f, 0o644)
