@@ -1,7 +1,8 @@
 """Attribute vectors and inversion on the embedded models: the figures behind the vectors issue.
 
   A. style (Noto -> Twemoji) and one more attribute per generator, scored by emoji-judge:
-     emoji-gan: w-space mean differences (style; category Smileys -> Animals);
+     emoji-gan: w-space mean differences (style; category Smileys -> Animals), beside a reference
+     that needs no vector: each source's own z rendered again with the Twemoji class;
      emoji-diffusion: text-space prompt pairs (prompts/vectors/noto_to_twemoji.yaml and
      sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe); the style
      vector also rendered SDEdit-style (from the source picture noised to 0.7 and 0.85).
@@ -28,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from studio.scoring import psnr, score_vector, summary_table  # noqa: E402
+from studio.objects import Generation  # noqa: E402
+from studio.scoring import judged, load_judge, psnr, score_vector, source_generations, summary_table  # noqa: E402
 from studio.session import Session  # noqa: E402
 
 
@@ -61,6 +63,24 @@ def gan_sets(session: Session, model: str, n: int, seed: int, **pairs) -> dict[s
             ids.append(session.library.put(g))
         out[name] = ids
     return out
+
+
+def class_swap_reference(session: Session, model: str, n: int, seed: int = 1000) -> dict:
+    """The conditional GAN's own style change, no vector involved: the sources of ``score_vector``
+    (same seeds, Noto classes) rendered again from the same z with the Twemoji class of their
+    category. How often the judge still reads the same category there bounds what any edit of
+    this generator can keep."""
+    style = {"name": "style", "from": "noto", "to": "twemoji"}
+    base = source_generations(session, model, style, n, seed, space="z")
+    swapped = [Generation(g.roles, g.model, {**g.settings, "style": "twemoji"}, g.meta, g.lineage) for g in base]
+    images = session.render(base + swapped)
+    judge, _ = load_judge()
+    before, after = judged(judge, {}, images[:n]), judged(judge, {}, images[n:])
+    flip = float(np.mean([x == "twemoji" for x in after["style"]]))
+    keep = float(np.mean([a == b for a, b in zip(after["category"], before["category"], strict=True)]))
+    print(f"\n-- reference: the same z rendered with the Twemoji class (no vector), n={n}: "
+          f"flip {flip:.1%}, category kept {keep:.1%}")
+    return {"flip_rate": flip, "preservation": keep, "n": n}
 
 
 def first_reaching(result: dict, flip: float) -> dict | None:
@@ -108,6 +128,7 @@ def main() -> None:
                                 {"name": "category", "from": "Smileys & Emotion", "to": "Animals & Nature"})
             r = score_vector(s, "gan_style", strengths, args.n, out=out / "gan_style")
             summary["gan_style"] = report(f"{args.gan}: style noto -> twemoji (w, mean difference)", r)
+            summary["gan_class_swap"] = class_swap_reference(s, args.gan, args.n)
             r = score_vector(s, "gan_category", strengths, args.n, out=out / "gan_category")
             summary["gan_category"] = report(f"{args.gan}: category smileys -> animals (w, mean difference)", r)
 
