@@ -9,7 +9,8 @@ Two stages, each resumable from its own checkpoint in ``--work`` (default ``out/
     is set to 1/std of the training set's latents and the VAE is saved to ``WORK/vae``.
 
 ``--stage unet``
-    A ``CLIPTextModel`` (fed by the char-level ``CLIPTokenizer`` of ``pipelines.tiny``) and a
+    A ``CLIPTextModel`` (fed by a ``CLIPTokenizer`` whose BPE merges are learnt from the training
+    captions, ``--tokenizer words``, or one of single characters, ``--tokenizer chars``) and a
     ``UNet2DConditionModel`` with cross-attention, trained jointly on the emoji captions in the
     VAE's (scaled) latent space: v-prediction, cosine noise schedule, min-SNR loss weights,
     AdamW, EMA of both networks' weights, 10% caption dropout (the empty prompt is the
