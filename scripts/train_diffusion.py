@@ -100,11 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--unet-channels", default="32,64,128", help="UNet2DConditionModel block_out_channels")
     ap.add_argument("--text-width", type=int, default=128, help="text encoder hidden size")
     ap.add_argument("--text-layers", type=int, default=4, help="text encoder layers")
-    ap.add_argument("--tokenizer", choices=["words", "chars"], default="chars",
+    ap.add_argument("--tokenizer", choices=["words", "chars"], default="words",
                     help="words: BPE merges learnt from the training captions until each of their words is one "
                          "token (unseen words fall apart into pieces); chars: single characters")
     ap.add_argument("--ema", type=float, default=0.998, help="EMA decay of the UNet and text encoder weights")
     ap.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (for CFG)")
+    ap.add_argument("--name-dropout", type=float, default=0.0,
+                    help="fraction of captions without the emoji's name (category and style only), so the "
+                         "category phrase itself is learnt: prompts with unseen names lean on it")
     ap.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-gamma loss weighting (0: off)")
     ap.add_argument("--balance", choices=["emoji", "category"], default="emoji",
                     help="sampling: every emoji equally often, or also every category equally often")
@@ -188,6 +191,7 @@ def check_run(state: dict, run: dict) -> None:
     saved, asked = dict(state["run"]), json.loads(json.dumps(run))
     saved.setdefault("balance", "emoji")  # checkpoints from before --balance existed
     saved.setdefault("tokenizer", "chars")  # ... and before --tokenizer
+    saved.setdefault("name_dropout", 0.0)  # ... and --name-dropout
     if saved.get("steps", 0) <= asked.get("steps", 0):
         saved["steps"] = asked.get("steps")
     if saved != asked:
@@ -497,11 +501,15 @@ def caption_parts(lab: dict) -> tuple[str, str, str, str]:
     return head, tone, cat, style
 
 
-def augment_caption(parts: tuple[str, str, str, str], u: list[float], dropout: float) -> str:
-    """The caption, or a shortened one (no category / style / skin tone), or "" (unconditional)."""
+def augment_caption(parts: tuple[str, str, str, str], u: list[float], dropout: float,
+                    name_dropout: float = 0.0) -> str:
+    """The caption, or a shortened one (no category / style / skin tone), or "" (unconditional);
+    with ``name_dropout`` (and a fifth uniform draw) also "category, style" alone."""
     head, tone, cat, style = parts
     if u[0] < dropout:
         return ""
+    if len(u) > 4 and u[4] < name_dropout:
+        return f"{cat}, {style}" if u[3] >= 0.25 else cat
     bits = [head + (tone if u[1] >= 0.15 else "")]
     if u[2] >= 0.25:
         bits.append(cat)
@@ -646,7 +654,7 @@ def train_unet(args, device) -> int:
     run = {"stage": "unet", "steps": steps, "batch_size": bs, "lr": lr, "seed": args.seed, "vae": vae_hash,
            "unet_channels": args.unet_channels, "text_width": args.text_width, "text_layers": args.text_layers,
            "ema": args.ema, "caption_dropout": args.caption_dropout, "min_snr": args.min_snr,
-           "balance": args.balance, "tokenizer": args.tokenizer}
+           "balance": args.balance, "tokenizer": args.tokenizer, "name_dropout": args.name_dropout}
     modules = {"unet": unet, "text": text_encoder, "ema_unet": _EmaModule(ema_unet, device),
                "ema_text": _EmaModule(ema_text, device)}
     start, elapsed, history = 0, 0.0, []
@@ -687,8 +695,12 @@ def train_unet(args, device) -> int:
         z0 = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen)
+        if args.name_dropout > 0:  # drawn last, so runs without it keep their draws
+            for row, x in zip(u, torch.rand(bs, generator=gen).tolist(), strict=True):
+                row.append(x)
         z0, noise, t = z0.to(device), noise.to(device), t.to(device)
-        captions = [augment_caption(parts[i], u[j], args.caption_dropout) for j, i in enumerate(idx.tolist())]
+        captions = [augment_caption(parts[i], u[j], args.caption_dropout, args.name_dropout)
+                    for j, i in enumerate(idx.tolist())]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warm=min(200, steps // 10 + 1))
 
