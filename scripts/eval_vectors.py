@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from studio.objects import Generation  # noqa: E402
 from studio.scoring import judged, load_judge, psnr, score_vector, source_generations, summary_table  # noqa: E402
 from studio.session import Session  # noqa: E402
 
@@ -72,7 +72,7 @@ def class_swap_reference(session: Session, model: str, n: int, seed: int = 1000)
     this generator can keep."""
     style = {"name": "style", "from": "noto", "to": "twemoji"}
     base = source_generations(session, model, style, n, seed, space="z")
-    swapped = [Generation(g.roles, g.model, {**g.settings, "style": "twemoji"}, g.meta, g.lineage) for g in base]
+    swapped = [replace(g, settings={**g.settings, "style": "twemoji"}) for g in base]
     images = session.render(base + swapped)
     judge, _ = load_judge()
     before, after = judged(judge, {}, images[:n]), judged(judge, {}, images[n:])

@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -371,11 +372,9 @@ def learn_merges(texts: list[str], limit: int = 20_000) -> list[str]:
     """Byte-level BPE merges learnt from ``texts``, most frequent pair first (ties: the smaller
     pair), until every word of ``texts`` is a single token or ``limit`` merges are made.
     Words are split as the CLIP tokenizer splits them, so it applies the merges the same way."""
-    from pipelines.tiny import write_char_tokenizer
-
-    import tempfile
-
     from transformers import CLIPTokenizer
+
+    from pipelines.tiny import write_char_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         backend = CLIPTokenizer.from_pretrained(write_char_tokenizer(tmp)).backend_tokenizer
@@ -502,13 +501,13 @@ def caption_parts(lab: dict) -> tuple[str, str, str, str]:
 
 
 def augment_caption(parts: tuple[str, str, str, str], u: list[float], dropout: float,
-                    name_dropout: float = 0.0) -> str:
+                    drop_name: bool = False) -> str:
     """The caption, or a shortened one (no category / style / skin tone), or "" (unconditional);
-    with ``name_dropout`` (and a fifth uniform draw) also "category, style" alone."""
+    with ``drop_name`` "category, style" (or the category) alone."""
     head, tone, cat, style = parts
     if u[0] < dropout:
         return ""
-    if len(u) > 4 and u[4] < name_dropout:
+    if drop_name:
         return f"{cat}, {style}" if u[3] >= 0.25 else cat
     bits = [head + (tone if u[1] >= 0.15 else "")]
     if u[2] >= 0.25:
@@ -695,11 +694,11 @@ def train_unet(args, device) -> int:
         z0 = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen)
-        if args.name_dropout > 0:  # drawn last, so runs without it keep their draws
-            for row, x in zip(u, torch.rand(bs, generator=gen).tolist(), strict=True):
-                row.append(x)
+        # drawn last, so runs without name dropout keep their draws
+        drop_name = ((torch.rand(bs, generator=gen) < args.name_dropout).tolist() if args.name_dropout > 0
+                     else [False] * bs)
         z0, noise, t = z0.to(device), noise.to(device), t.to(device)
-        captions = [augment_caption(parts[i], u[j], args.caption_dropout, args.name_dropout)
+        captions = [augment_caption(parts[i], u[j], args.caption_dropout, drop_name[j])
                     for j, i in enumerate(idx.tolist())]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warm=min(200, steps // 10 + 1))
