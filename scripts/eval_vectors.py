@@ -1,8 +1,9 @@
 """Attribute vectors and inversion on the embedded models: the figures behind the vectors issue.
 
   A. style (Noto -> Twemoji) and one more attribute per generator, scored by emoji-judge:
-     emoji-gan: w-space mean differences (style; category Smileys -> Animals), beside a reference
-     that needs no vector: each source's own z rendered again with the Twemoji class;
+     emoji-gan: w-space mean differences (style; category Smileys -> Animals) and a linear
+     boundary (style), without truncation and at psi 0.5, beside a reference that needs no
+     vector: each source's own z rendered again with the Twemoji class;
      emoji-diffusion: text-space prompt pairs (prompts/vectors/noto_to_twemoji.yaml and
      sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe); the style
      vector also rendered SDEdit-style (from the source picture noised to 0.7 and 0.85).
@@ -65,20 +66,20 @@ def gan_sets(session: Session, model: str, n: int, seed: int, **pairs) -> dict[s
     return out
 
 
-def class_swap_reference(session: Session, model: str, n: int, seed: int = 1000) -> dict:
+def class_swap_reference(session: Session, model: str, n: int, seed: int = 1000, psi: float = 1.0) -> dict:
     """The conditional GAN's own style change, no vector involved: the sources of ``score_vector``
     (same seeds, Noto classes) rendered again from the same z with the Twemoji class of their
     category. How often the judge still reads the same category there bounds what any edit of
     this generator can keep."""
     style = {"name": "style", "from": "noto", "to": "twemoji"}
-    base = source_generations(session, model, style, n, seed, space="z")
+    base = source_generations(session, model, style, n, seed, space="z", settings={"truncation": psi})
     swapped = [replace(g, settings={**g.settings, "style": "twemoji"}) for g in base]
     images = session.render(base + swapped)
     judge, _ = load_judge()
     before, after = judged(judge, {}, images[:n]), judged(judge, {}, images[n:])
     flip = float(np.mean([x == "twemoji" for x in after["style"]]))
     keep = float(np.mean([a == b for a, b in zip(after["category"], before["category"], strict=True)]))
-    print(f"\n-- reference: the same z rendered with the Twemoji class (no vector), n={n}: "
+    print(f"\n-- reference: the same z rendered with the Twemoji class (no vector), truncation {psi:g}, n={n}: "
           f"flip {flip:.1%}, category kept {keep:.1%}")
     return {"flip_rate": flip, "preservation": keep, "n": n}
 
@@ -94,7 +95,9 @@ def main() -> None:
     ap.add_argument("--gan", default="emoji-gan")
     ap.add_argument("--diffusion", default="emoji-diffusion")
     ap.add_argument("--n", type=int, default=36, help="samples per strength")
-    ap.add_argument("--sets", type=int, default=64, help="examples per set for set-based vectors")
+    ap.add_argument("--sets", type=int, default=256, help="examples per set for set-based vectors")
+    ap.add_argument("--truncation", default="1,0.5",
+                    help="comma-separated truncation psi of the GAN sources and edits (part A)")
     ap.add_argument("--strengths", default="0,0.5,1,1.5,2,3")
     ap.add_argument("--invert", type=int, default=18, help="held-out emoji to invert per model")
     ap.add_argument("--project-steps", type=int, default=300)
@@ -126,11 +129,22 @@ def main() -> None:
                                 {"name": "style", "from": "noto", "to": "twemoji"})
             s.vectors.from_sets(sets["smileys"], sets["animals"], "mean", "w", "gan_category",
                                 {"name": "category", "from": "Smileys & Emotion", "to": "Animals & Nature"})
-            r = score_vector(s, "gan_style", strengths, args.n, out=out / "gan_style")
-            summary["gan_style"] = report(f"{args.gan}: style noto -> twemoji (w, mean difference)", r)
-            summary["gan_class_swap"] = class_swap_reference(s, args.gan, args.n)
-            r = score_vector(s, "gan_category", strengths, args.n, out=out / "gan_category")
-            summary["gan_category"] = report(f"{args.gan}: category smileys -> animals (w, mean difference)", r)
+            s.vectors.from_sets(sets["noto"], sets["twemoji"], "boundary", "w", "gan_style_boundary",
+                                {"name": "style", "from": "noto", "to": "twemoji"})
+            # truncation pulls each picture toward its class centre: cleaner classes, as StyleGAN's
+            # edits are usually shown; a w vector added before it is scaled by psi, hence the wider sweep
+            for psi in [float(x) for x in args.truncation.split(",")]:
+                settings = {"truncation": psi}
+                sweep = strengths if psi == 1 else sorted({*strengths, *(x / psi for x in strengths)})
+                for vec, how in (("gan_style", "mean difference"), ("gan_style_boundary", "linear boundary")):
+                    r = score_vector(s, vec, sweep, args.n, out=out / f"{vec}_psi{psi:g}", settings=settings)
+                    summary[f"{vec}_psi{psi:g}"] = report(
+                        f"{args.gan}: style noto -> twemoji (w, {how}), truncation {psi:g}", r)
+                summary[f"gan_class_swap_psi{psi:g}"] = class_swap_reference(s, args.gan, args.n, psi=psi)
+                r = score_vector(s, "gan_category", sweep, args.n, out=out / f"gan_category_psi{psi:g}",
+                                 settings=settings)
+                summary[f"gan_category_psi{psi:g}"] = report(
+                    f"{args.gan}: category smileys -> animals (w, mean difference), truncation {psi:g}", r)
 
             # ---- B. conditional: a style vector learnt from sets confounded with category
             conf = gan_sets(s, args.gan, args.sets, 5000,

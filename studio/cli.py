@@ -544,11 +544,13 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
 @click.option("--sdedit", "sdedit_strength", type=float, default=None,
               help="Diffusion: render the edits SDEdit-style from the source picture noised to this strength "
               "(0-1), as 'vectors apply --mode sdedit' does.")
+@click.option("--truncation", type=float, default=None,
+              help="GAN: truncation psi of the sources and their edits (default: the model's own).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="out/score", show_default=True,
               help="Folder for score.png (the curves) and strip.png (examples).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, out, as_json):
+def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, truncation, out, as_json):
     """Sweep strengths and judge the edits: flip rate, preservation of the other attribute, pixel change.
 
     \b
@@ -559,7 +561,9 @@ def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, o
 
     session = _session(ctx)
     with progress_bar("score", not as_json) as cb:
-        result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb, sdedit_strength)
+        settings = {"truncation": truncation} if truncation is not None else None
+        result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb, sdedit_strength,
+                              settings)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

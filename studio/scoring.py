@@ -73,10 +73,13 @@ def judged(judge, probes: dict, images: list[Image.Image]) -> dict[str, list[str
 
 def source_generations(session: Session, model: str, attribute: dict, n: int, seed: int,
                        prompts: list[str] | None = None, space: str | None = None,
-                       templates: list[str] | None = None, source_phrase: str = "") -> list[Generation]:
-    """n generations showing the attribute's source value: prompts cycled, the source phrase appended.
+                       templates: list[str] | None = None, source_phrase: str = "",
+                       settings: dict[str, Any] | None = None) -> list[Generation]:
+    """n generations showing the attribute's source value: prompts cycled, the source phrase appended
+    (for a category edit: the prompts of the source category).
 
-    ``space`` picks a GAN's role (``z`` or ``w``) so that a vector of that space applies.
+    ``space`` picks a GAN's role (``z`` or ``w``) so that a vector of that space applies;
+    ``settings`` are the model's sampling settings (e.g. a GAN's ``truncation``), kept by the edits.
     """
     name, source = attribute.get("name"), attribute.get("from")
     adapter = session.adapter(model)
@@ -85,20 +88,26 @@ def source_generations(session: Session, model: str, attribute: dict, n: int, se
     elif name == "style":
         prompts = prompts or emoji_prompts()
         texts = [f"{prompts[i % len(prompts)]}, {source} style" for i in range(n)]
+    elif name == "category" and source:
+        phrase = source.lower().replace("&", "and")  # "Smileys & Emotion" -> "smileys and emotion"
+        prompts = prompts or [p for p in emoji_prompts() if p.endswith(phrase)] or [phrase]
+        texts = [prompts[i % len(prompts)] for i in range(n)]
     else:
         prompts = prompts or emoji_prompts()
         texts = [prompts[i % len(prompts)] for i in range(n)]
-    options = {"space": space} if adapter.family == "gan" and space else {}
+    options = {**(settings or {}), **({"space": space} if adapter.family == "gan" and space else {})}
     return adapter.sample([seed + i for i in range(n)], texts, **options)
 
 
 def score_vector(session: Session, vector_ref: str, strengths: list[float], n: int = 36, seed: int = 1000,
                  model: str | None = None, out: str | os.PathLike | None = None,
-                 progress: Any = None, sdedit: float | None = None) -> dict[str, Any]:
+                 progress: Any = None, sdedit: float | None = None,
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sweep strengths; returns the table rows and the paths of the plot and the example strip.
 
     ``sdedit`` (diffusion): render each edit SDEdit-style, from the source picture noised to this
     strength (as ``vectors apply --mode sdedit``), instead of from the source's own noise.
+    ``settings``: sampling settings of the sources and their edits, e.g. ``{"truncation": 0.5}``.
     """
     v = session.get(vector_ref)
     if not isinstance(v, Vector):
@@ -117,7 +126,8 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     target = attribute.get("to")
     role = {"gan-z": "z", "gan-w": "w"}.get(v.space.kind)
     base = source_generations(session, model, attribute, n, seed, space=role,
-                              templates=v.meta.get("templates"), source_phrase=v.meta.get("from", ""))
+                              templates=v.meta.get("templates"), source_phrase=v.meta.get("from", ""),
+                              settings=settings)
     edited = {s: [algebra.add(g, algebra.scale(v, s)) for g in base] for s in strengths}
     if sdedit is None:
         images = session.render(base + [g for s in strengths for g in edited[s]], progress)
@@ -142,7 +152,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         rows.append(ScoreRow(float(s), float(flip), float(keep), float(change), n))
         strip.append(ims[: min(n, 6)])
     result: dict[str, Any] = {"vector": vector_ref, "attribute": attribute, "model": model, "sdedit": sdedit,
-                              "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
+                              "settings": dict(settings or {}), "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
                               "rows": [asdict(r) for r in rows]}
     if out is not None:
         out = Path(out)

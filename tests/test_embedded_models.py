@@ -230,3 +230,31 @@ def test_emoji_gan_cli_category_and_style_options(tmp_path):
     bad = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "sample", "--model", "emoji-gan",
                                     "--category", "dinosaurs"])
     assert bad.exit_code == 2 and "unknown category" in bad.stderr
+
+
+def test_scoring_a_gan_category_vector_starts_from_the_source_category_at_the_truncation_asked(tmp_path):
+    import json
+
+    from studio.cli import main
+    from studio.scoring import source_generations
+    from studio.session import Session
+
+    s = Session(tmp_path / "home")
+    adapter = s.adapter("emoji-gan")
+    sets = {cat: [s.library.put(g) for g in adapter.sample(list(range(4)), None, space="w", category=cat)]
+            for cat in ("Smileys & Emotion", "Animals & Nature")}
+    attribute = {"name": "category", "from": "Smileys & Emotion", "to": "Animals & Nature"}
+    s.vectors.from_sets(sets["Smileys & Emotion"], sets["Animals & Nature"], "mean", "w", "to_animals", attribute)
+    sources = source_generations(s, "emoji-gan", attribute, 6, 1000, space="w", settings={"truncation": 0.5})
+    assert {g.settings["category"] for g in sources} == {"Smileys & Emotion"}
+    assert {g.settings["truncation"] for g in sources} == {0.5}
+    run = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "vectors", "score", "to_animals", "-n", "3",
+                                    "--strengths", "0,2", "--truncation", "0.5", "--out", str(tmp_path / "score"),
+                                    "--json"])
+    assert run.exit_code == 0, run.output
+    result = json.loads(run.stdout)
+    assert result["settings"] == {"truncation": 0.5} and result["rows"][0]["preservation"] == 1.0
+    assert result["rows"][1]["pixel_change"] > 0.01
+    bad = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "vectors", "score", "to_animals", "-n", "2",
+                                    "--truncation", "7", "--out", str(tmp_path / "score")])
+    assert bad.exit_code != 0 and "truncation" in bad.output and "Traceback" not in bad.output
