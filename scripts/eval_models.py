@@ -1,7 +1,10 @@
 """Evaluate the embedded generators against held-out real emoji, judged by emoji-judge.
 
 For each generator (emoji-diffusion, emoji-gan), on samples made for every category x style:
-  * adherence: the share of samples the judge classifies as the category / style asked for;
+  * adherence: the share of samples the judge classifies as the category / style asked for
+    (diffusion prompts name an emoji of the category, "red apple, food and drink, noto style",
+    from prompts/emoji_prompts.txt; also printed: "food and drink, noto style" alone, the
+    condition the GAN gets);
   * Fréchet distance of the judge's penultimate features to held-out real images, beside
     two references computed in the same run with the same sample count: real train vs
     held-out (the floor) and per-category mean images plus noise (the ceiling);
@@ -77,6 +80,9 @@ def main() -> None:
     ap.add_argument("--models", default="emoji-diffusion,emoji-gan")
     ap.add_argument("--per-class", type=int, default=8, help="samples per category x style (18 classes)")
     ap.add_argument("--steps", type=int, default=20, help="denoising steps for diffusion")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance for diffusion (default: the model's own, from its studio.json)")
+    ap.add_argument("--scheduler", default=None, help="diffusion scheduler (default: the model's own)")
     ap.add_argument("--diversity-n", type=int, default=16)
     ap.add_argument("--grid-out", default=None, help="folder for a contact sheet of each model's samples")
     ap.add_argument("--seed", type=int, default=0)
@@ -113,6 +119,10 @@ def main() -> None:
             t0 = time.perf_counter()
             adapter = session.adapter(model)
             settings = {"steps": args.steps} if adapter.family == "diffusion" else {}
+            if adapter.family == "diffusion" and args.guidance is not None:
+                settings["guidance"] = args.guidance
+            if adapter.family == "diffusion" and args.scheduler:
+                settings["scheduler"] = args.scheduler
             gens = adapter.sample([args.seed + i for i in range(n)], [p for p, _, _ in jobs], **settings)
             images = session.render(gens)
             verdict = judge.predict(images)
@@ -120,6 +130,12 @@ def main() -> None:
             sty_ok = np.mean([v == s for v, (_, _, s) in zip(verdict["style"], jobs)])
             per_cat = {c: np.mean([v == c for v, (_, cc, _) in zip(verdict["category"], jobs) if cc == c])
                        for c in CATEGORIES}
+            if adapter.family == "diffusion":  # the GAN's condition: category and style only, no emoji name
+                short = [f"{CATEGORY_PHRASE[c]}, {s} style" for _, c, s in jobs]
+                v2 = judge.predict(session.render(adapter.sample([args.seed + i for i in range(n)], short,
+                                                                 **settings)))
+                cat_short = np.mean([v == c for v, (_, c, _) in zip(v2["category"], jobs)])
+                sty_short = np.mean([v == s for v, (_, _, s) in zip(v2["style"], jobs)])
             fd = frechet(features(judge, images), f_held)
             # diversity: one prompt, many seeds, against real images of that category
             prompt = "grinning face, smileys and emotion, twemoji style"
@@ -131,6 +147,9 @@ def main() -> None:
             print(f"\n== {model} ({took:.0f} s)")
             print(f"  adherence: category top-1 {cat_ok:6.1%} (target >= 60%, chance {1 / len(CATEGORIES):.0%}), "
                   f"style {sty_ok:6.1%} (target >= 80%, chance 50%)")
+            if adapter.family == "diffusion":
+                print(f"  adherence to 'category, style' prompts (no emoji name): category {cat_short:6.1%}, "
+                      f"style {sty_short:6.1%}")
             print("  per category: " + ", ".join(f"{c.split(' ')[0]} {v:.0%}" for c, v in per_cat.items()))
             rel = (fd - floor) / (ceiling - floor)
             print(f"  Fréchet distance {fd:8.2f}  (floor {floor:.2f}, ceiling {ceiling:.2f}; "
