@@ -4,7 +4,8 @@ For each generator (emoji-diffusion, emoji-gan), on samples made for every categ
   * adherence: the share of samples the judge classifies as the category / style asked for
     (diffusion prompts name an emoji of the category, "red apple, food and drink, noto style",
     from prompts/emoji_prompts.txt; also printed: "food and drink, noto style" alone, the
-    condition the GAN gets);
+    condition the GAN gets; and, for reference, how often the judge reads real pictures of the
+    prompts' emoji as their category);
   * Fréchet distance of the judge's penultimate features to held-out real images, beside
     two references computed in the same run with the same sample count: real train vs
     held-out (the floor) and per-category mean images plus noise (the ceiling);
@@ -75,6 +76,19 @@ def class_prompts(per_class: int) -> list[tuple[str, str, str]]:
     return out
 
 
+def prompt_reference(judge, image_sets: list[np.ndarray], label_sets: list[list[dict]]) -> tuple[float, int]:
+    """The judge's category accuracy on the real pictures (all styles and skin tones) of the emoji
+    that prompts/emoji_prompts.txt names, and how many prompts name an emoji of the data set."""
+    by_name: dict[str, list[tuple[np.ndarray, str]]] = {}
+    for images, labels in zip(image_sets, label_sets, strict=True):
+        for image, lab in zip(images, labels, strict=True):
+            by_name.setdefault(lab["name"].lower(), []).append((image, lab["category"]))
+    found = [by_name[p.rsplit(",", 1)[0].strip()] for p in emoji_prompts() if p.rsplit(",", 1)[0].strip() in by_name]
+    pictures = [x for items in found for x in items]
+    verdict = judge.predict(to_tensor(np.stack([im for im, _ in pictures])))
+    return float(np.mean([v == c for v, (_, c) in zip(verdict["category"], pictures, strict=True)])), len(found)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="emoji-diffusion,emoji-gan")
@@ -89,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     judge = load_judge()
-    train, _ = load_emoji(split="train")
+    train, train_labels = load_emoji(split="train")
     held, held_labels = load_emoji(split="heldout")
     rng = np.random.default_rng(args.seed)
     jobs = class_prompts(args.per_class)
@@ -108,6 +122,11 @@ def main() -> None:
     print(f"\nFréchet distance to held-out (judge features), n={n}:")
     print(f"  floor   real train vs held-out          : {floor:8.2f}")
     print(f"  ceiling per-category mean + noise        : {ceiling:8.2f}")
+
+    # what the prompts can reach: the judge on real pictures of the emoji they name
+    real_cat, named = prompt_reference(judge, [train, held], [train_labels, held_labels])
+    print(f"  real pictures of the prompts' emoji ({named} of {len(emoji_prompts())} prompts name one): "
+          f"category judged as labelled {real_cat:.1%}")
 
     # diversity reference: every held-out real smiley, the same for every model
     div_real = pairwise(features(judge, to_tensor(held[cats == 0])))
