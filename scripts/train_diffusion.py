@@ -429,11 +429,11 @@ def train_decoder(args, device) -> int:
         flip = torch.rand(bs, generator=gen) < 0.5
         x = x_train[idx]
         x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
-        eps = torch.randn(bs, 4, RESOLUTION // 4, RESOLUTION // 4, generator=gen).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warm=min(50, steps // 10 + 1))
         with torch.no_grad():
             post = vae.encode(x).latent_dist
+            eps = torch.randn(post.mean.shape, generator=gen).to(device)
             z = post.mean + post.std * eps  # the decoder sees latents as the UNet's samples are: posterior draws
         y = vae.decode(z).sample
         loss = (y - x).abs().mean() + args.edge_weight * edge_l1(y, x)
