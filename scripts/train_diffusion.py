@@ -246,6 +246,13 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
+def picture_batch(x: torch.Tensor, weights: torch.Tensor, bs: int, gen: torch.Generator) -> torch.Tensor:
+    """``bs`` pictures drawn by ``weights``, each mirrored with probability 1/2 (the VAE's batches)."""
+    idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
+    flip = torch.rand(bs, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x[idx].flip(-1), x[idx])
+
+
 @torch.no_grad()
 def encode_all(vae, x: torch.Tensor, device, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and standard deviations of all pictures, on the CPU."""
@@ -300,10 +307,7 @@ def train_vae(args, device) -> int:
     t0, running = time.time(), None
     for step in bar:
         gen = step_generator(args.seed, step)
-        idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
-        flip = torch.rand(bs, generator=gen) < 0.5
-        x = x_train[idx]
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+        x = picture_batch(x_train, weights, bs, gen).to(device)
         eps = torch.randn(bs, 4, RESOLUTION // 4, RESOLUTION // 4, generator=gen).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warm=min(100, steps // 10 + 1))
@@ -425,10 +429,7 @@ def train_decoder(args, device) -> int:
     vae.decoder.train()
     for step in bar:
         gen = step_generator(args.seed, step)
-        idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
-        flip = torch.rand(bs, generator=gen) < 0.5
-        x = x_train[idx]
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+        x = picture_batch(x_train, weights, bs, gen).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warm=min(50, steps // 10 + 1))
         with torch.no_grad():
