@@ -193,6 +193,13 @@ def resolve_steps(args, stem: Path, default: int, time_step) -> int:
     return default
 
 
+def stopped(end: int, steps: int, stem: Path) -> bool:
+    """True (and says how to go on) when a run stopped before its last step (``--stop-after``)."""
+    if end < steps:
+        print(f"stopped after step {end}; checkpoint in {stem}.*; go on with --resume")
+    return end < steps
+
+
 def check_run(state: dict, run: dict) -> None:
     """A resumed run must match the checkpoint's settings; only ``steps`` may grow (extending a run:
     the learning-rate schedule is then the longer run's from the checkpoint's step on)."""
@@ -339,8 +346,7 @@ def train_vae(args, device) -> int:
                                                      "history": history})
             elapsed, t0 = elapsed_now, time.time()
     bar.close()
-    if end < steps:
-        print(f"stopped after step {end}; checkpoint in {stem}.*; go on with --resume")
+    if stopped(end, steps, stem):
         return 0
 
     # Latent statistics: the scaling factor is 1 / std of the training latents (posterior means).
@@ -452,8 +458,7 @@ def train_decoder(args, device) -> int:
                                                          "history": history})
             elapsed, t0 = elapsed_now, time.time()
     bar.close()
-    if end < steps:
-        print(f"stopped after step {end}; checkpoint in {stem}.*; go on with --resume")
+    if stopped(end, steps, stem):
         return 0
 
     vae.eval()
@@ -843,8 +848,7 @@ def train_unet(args, device) -> int:
                 sample_grid(ema_pipeline(), work / "samples" / f"unet-{done:06d}.png", args.guidance)
             elapsed, t0 = elapsed_now, time.time()
     bar.close()
-    if end < steps:
-        print(f"stopped after step {end}; checkpoint in {stem}.*; go on with --resume")
+    if stopped(end, steps, stem):
         return 0
 
     # Export the EMA weights as a diffusers folder, fp16 on disk (loaded as fp32 on CPU).
