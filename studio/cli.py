@@ -561,13 +561,7 @@ def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, t
 
     session = _session(ctx)
     with progress_bar("score", not as_json) as cb:
-        settings = None
-        if truncation is not None:
-            target = model or session.get(vector).meta.get("model")
-            if target and session.adapter(target).family != "gan":
-                raise StudioError(f"--truncation is a GAN setting; {vector} is scored on {target}, a "
-                                  f"{session.adapter(target).family} model")
-            settings = {"truncation": truncation}
+        settings = {"truncation": truncation} if truncation is not None else None
         result = score_vector(session, vector, _floats(strengths), count, seed, model, out, cb, sdedit_strength,
                               settings)
     if as_json:

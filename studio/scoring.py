@@ -116,6 +116,9 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     if not strengths or not 1 <= n <= 4096:
         raise StudioError("give at least one strength and 1..4096 samples")
     model = model or v.meta.get("model")
+    family = session.adapter(model).family
+    if settings and "truncation" in settings and family != "gan":
+        raise StudioError(f"truncation is a GAN setting; {vector_ref} is scored on {model}, a {family} model")
     judge, probes = load_judge()
     key = attribute.get("name")
     if key not in OTHER and key not in probes:
@@ -133,7 +136,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         images = session.render(base + [g for s in strengths for g in edited[s]], progress)
         base_img, rest = images[:n], images[n:]
     else:
-        if not 0 < sdedit <= 1 or session.adapter(model).family != "diffusion":
+        if not 0 < sdedit <= 1 or family != "diffusion":
             raise StudioError("sdedit scoring needs a diffusion model and a strength in (0, 1]")
         base_img = session.render(base)
         inits = session.adapter(model).encode(base_img)

@@ -262,4 +262,4 @@ def test_scoring_a_gan_category_vector_starts_from_the_source_category_at_the_tr
                             "attribute": {"name": "style", "from": "noto", "to": "twemoji"}}, "tiny-sd", name="sd_style")
     wrong = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "vectors", "score", "sd_style", "-n", "2",
                                       "--truncation", "0.5", "--out", str(tmp_path / "score")])
-    assert wrong.exit_code == 2 and "--truncation is a GAN setting; sd_style is scored on tiny-sd" in wrong.stderr
+    assert wrong.exit_code == 2 and "truncation is a GAN setting; sd_style is scored on tiny-sd, a diffusion" in wrong.stderr

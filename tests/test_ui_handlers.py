@@ -215,6 +215,15 @@ def test_score_a_vector_with_the_judge(studio, pair):
         studio.build_vector(pair, more, "text", None, "mean", "style-noto", progress=None)
     with pytest.raises(gr.Error, match="comma-separated numbers"):
         studio.score_vector("to_twemoji", "zero, one", 2, 5, progress=None)
+    _, _, sd_rows = studio.score_vector("to_twemoji", "0", 2, 5, sdedit=0.5, progress=None)
+    assert sd_rows[0][3] > 0.01  # SDEdit re-renders the source: the pixels move even at strength 0
+    with pytest.raises(gr.Error, match="SDEdit strength must be a number between 0.0 and 1.0"):
+        studio.score_vector("to_twemoji", "0", 2, 5, sdedit=1.5, progress=None)
+    for psi in (0.5, "0"):
+        with pytest.raises(gr.Error, match="truncation is a GAN setting; to_twemoji is scored on tiny-sd"):
+            studio.score_vector("to_twemoji", "0", 2, 5, truncation=psi, progress=None)
+    with pytest.raises(gr.Error, match="truncation must be a number"):
+        studio.score_vector("to_twemoji", "0", 2, 5, truncation="half", progress=None)
 
 
 def test_load_recipe_reads_text_and_checks_it(studio, tmp_path):

@@ -227,6 +227,10 @@ def build(studio: Studio) -> gr.Blocks:
                         score_n = gr.Slider(2, 64, value=12, step=1, label="Samples per strength", scale=2,
                                             elem_id="score-n")
                         score_seed = gr.Number(1000, precision=0, label="First seed", scale=1)
+                        score_sdedit = gr.Slider(0, 1, value=0, step=0.05, scale=2, elem_id="score-sdedit",
+                                                 label="SDEdit from", info="diffusion; 0: off")
+                        score_psi = gr.Textbox("", label="Truncation psi", info="GAN; empty: the model's",
+                                               scale=1, placeholder="e.g. 0.5", elem_id="score-psi")
                         score_btn = gr.Button("Score the vector", scale=1, elem_id="score-btn")
                     with gr.Row(equal_height=False):
                         score_plot = gr.Image(label="Scores", interactive=False, scale=3, elem_id="score-plot")
@@ -393,7 +397,7 @@ def build(studio: Studio) -> gr.Blocks:
                                               applied_name], [applied, sweep, applied_info],
                         api_name="apply_vector", scroll_to_output=True).then(studio.title, model, title, **quiet)
 
-        score_btn.click(studio.score_vector, [vector, score_strengths, score_n, score_seed],
+        score_btn.click(studio.score_vector, [vector, score_strengths, score_n, score_seed, score_sdedit, score_psi],
                         [score_plot, score_strip, score_table], api_name="score_vector")
 
         # Recipe

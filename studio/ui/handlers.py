@@ -580,8 +580,12 @@ class Studio:
 
     @shows_errors
     def score_vector(self, vector: str, strengths: str = "0, 0.5, 1, 1.5, 2", samples: Any = 12, seed: Any = 1000,
+                     sdedit: Any = 0, truncation: Any = None,
                      progress: Any = gr.Progress()) -> tuple[str, str, list[list[Any]]]:
-        """Judge a vector's edits over a strength sweep: (the score plot, an example strip, one row per strength)."""
+        """Judge a vector's edits over a strength sweep: (the score plot, an example strip, one row per strength).
+
+        ``sdedit`` (diffusion, 0 = off): render the edits from the source pictures noised to this
+        strength; ``truncation`` (GAN, empty = the model's own): psi of the sources and edits."""
         from studio import scoring
 
         if not isinstance(vector, str) or not vector.strip():
@@ -594,11 +598,15 @@ class Studio:
             raise StudioError(f"give 1 to {MAX_SWEEP} finite strengths, e.g. 0, 1, 2")
         samples = whole(samples, "samples", 1, 256)
         seed = whole(seed, "seed", 0, 2**63 - 1)
+        sdedit = real(sdedit or 0, "SDEdit strength", 0.0, 1.0) or None
+        psi = "" if truncation is None else str(truncation).strip()
+        settings = {"truncation": real(psi, "truncation", -2.0, 2.0)} if psi else None
         with self._library:
             model = self.session.library.record(vector).model
         with self.using([model] if model else [], progress), self._library:
             result = scoring.score_vector(self.session, vector, values, samples, seed, None,
-                                          self._out_dir("scores"), step_callback(progress, "rendering the sweep"))
+                                          self._out_dir("scores"), step_callback(progress, "rendering the sweep"),
+                                          sdedit, settings)
         rows = [[r["strength"], round(r["flip_rate"], 3), round(r["preservation"], 3), round(r["pixel_change"], 4),
                  r["n"]] for r in result["rows"]]
         return result["plot"], result["strip"], rows
