@@ -5,8 +5,9 @@
      boundary (style), without truncation and at psi 0.5, beside a reference that needs no
      vector: each source's own z rendered again with the Twemoji class;
      emoji-diffusion: text-space prompt pairs (prompts/vectors/noto_to_twemoji.yaml and
-     sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe); the style
-     vector also rendered SDEdit-style (from the source picture noised to 0.7 and 0.85).
+     sun_to_moon.yaml, the night-like attribute judged by the judge's sun/moon probe), beside the
+     same noise rendered with the style phrase swapped; the style vector also rendered
+     SDEdit-style (from the source picture noised to 0.7 and 0.85).
   B. conditional vs plain: a style vector built from sets confounded with category, before and
      after removing the category direction (InterFaceGAN's conditional manipulation), compared
      at matched flip rates.
@@ -66,21 +67,31 @@ def gan_sets(session: Session, model: str, n: int, seed: int, **pairs) -> dict[s
     return out
 
 
-def class_swap_reference(session: Session, model: str, n: int, seed: int = 1000, psi: float = 1.0) -> dict:
-    """The conditional GAN's own style change, no vector involved: the sources of ``score_vector``
-    (same seeds, Noto classes) rendered again from the same z with the Twemoji class of their
-    category. How often the judge still reads the same category there bounds what any edit of
-    this generator can keep."""
+def swap_reference(session: Session, model: str, n: int, seed: int = 1000, psi: float | None = None,
+                   vector: str | None = None) -> dict:
+    """The generator's own style change, no vector involved: the sources of ``score_vector`` (same
+    seeds, Noto style) made again with Twemoji asked for instead. A GAN renders the same z with the
+    Twemoji class of their category; a diffusion model (the sources of the prompt-pair ``vector``)
+    the same noise with the template filled with the vector's "to" phrase. How often the judge
+    still reads the same category there bounds what an edit of this generator can keep."""
     style = {"name": "style", "from": "noto", "to": "twemoji"}
-    base = source_generations(session, model, style, n, seed, space="z", settings={"truncation": psi})
-    swapped = [replace(g, settings={**g.settings, "style": "twemoji"}) for g in base]
+    gan = session.adapter(model).family == "gan"
+    if gan:
+        settings = {"truncation": psi} if psi is not None else None
+        base = source_generations(session, model, style, n, seed, space="z", settings=settings)
+        swapped = [replace(g, settings={**g.settings, "style": "twemoji"}) for g in base]
+    else:
+        meta = session.get(vector).meta
+        base, swapped = (source_generations(session, model, style, n, seed, templates=meta["templates"],
+                                            source_phrase=meta[side]) for side in ("from", "to"))
     images = session.render(base + swapped)
     judge, _ = load_judge()
     before, after = judged(judge, {}, images[:n]), judged(judge, {}, images[n:])
     flip = float(np.mean([x == "twemoji" for x in after["style"]]))
     keep = float(np.mean([a == b for a, b in zip(after["category"], before["category"], strict=True)]))
-    print(f"\n-- reference: the same z rendered with the Twemoji class (no vector), truncation {psi:g}, n={n}: "
-          f"flip {flip:.1%}, category kept {keep:.1%}")
+    how = (f"the same z rendered with the Twemoji class, truncation {1 if psi is None else psi:g}" if gan
+           else "the same noise with the prompt's style phrase swapped")
+    print(f"\n-- reference, no vector: {how}, n={n}: flip {flip:.1%}, category kept {keep:.1%}")
     return {"flip_rate": flip, "preservation": keep, "n": n}
 
 
@@ -140,7 +151,7 @@ def main() -> None:
                     r = score_vector(s, vec, sweep, args.n, out=out / f"{vec}_psi{psi:g}", settings=settings)
                     summary[f"{vec}_psi{psi:g}"] = report(
                         f"{args.gan}: style noto -> twemoji (w, {how}), truncation {psi:g}", r)
-                summary[f"gan_class_swap_psi{psi:g}"] = class_swap_reference(s, args.gan, args.n, psi=psi)
+                summary[f"gan_class_swap_psi{psi:g}"] = swap_reference(s, args.gan, args.n, psi=psi)
                 r = score_vector(s, "gan_category", sweep, args.n, out=out / f"gan_category_psi{psi:g}",
                                  settings=settings)
                 summary[f"gan_category_psi{psi:g}"] = report(
@@ -171,6 +182,7 @@ def main() -> None:
                 r = score_vector(s, st.name, strengths, args.n, out=out / key)
                 a = r["attribute"]
                 summary[key] = report(f"{args.diffusion}: {a['name']} {a['from']} -> {a['to']} (text, prompt pair)", r)
+            summary["diffusion_prompt_swap"] = swap_reference(s, args.diffusion, args.n, vector="diffusion_style")
             # the same style vector rendered SDEdit-style from the source picture: the layout is kept
             for sd in (0.7, 0.85):
                 r = score_vector(s, "diffusion_style", strengths, args.n, out=out / f"diffusion_style_sdedit{sd:g}",
