@@ -15,3 +15,8 @@ CATEGORIES: list[str] = [
     "Flags",
 ]
 STYLES: list[str] = ["noto", "twemoji"]
+
+
+def category_phrase(category: str) -> str:
+    """A category as the captions and prompts write it: "Smileys & Emotion" -> "smileys and emotion"."""
+    return category.lower().replace("&", "and")

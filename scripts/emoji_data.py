@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.emoji_labels import CATEGORIES, STYLES  # noqa: F401  (the class order of every model)
+from pipelines.emoji_labels import CATEGORIES, STYLES, category_phrase  # noqa: F401  (the class order of every model)
 
 # One prompt per category: the rows of the diffusion model's sample grids (training and model card).
 GRID_PROMPTS = [

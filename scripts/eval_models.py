@@ -28,12 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from emoji_data import CATEGORIES, STYLES, load_emoji  # noqa: E402
+from emoji_data import CATEGORIES, STYLES, category_phrase, load_emoji  # noqa: E402
 from pipelines.judge import load_judge  # noqa: E402
 from studio.scoring import emoji_prompts  # noqa: E402
 from studio.session import Session  # noqa: E402
-
-CATEGORY_PHRASE = {c: c.lower().replace("&", "and") for c in CATEGORIES}  # "smileys and emotion"
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,14 +64,21 @@ def features(judge, images) -> np.ndarray:
 
 def class_prompts(per_class: int) -> list[tuple[str, str, str]]:
     """(prompt, category, style) with per_class items for each category x style."""
-    by_cat = {c: [p for p in emoji_prompts() if p.endswith(CATEGORY_PHRASE[c])] for c in CATEGORIES}
+    by_cat = {c: [p for p in emoji_prompts() if p.endswith(category_phrase(c))] for c in CATEGORIES}
     out = []
     for c in CATEGORIES:
         for s in STYLES:
             for i in range(per_class):
-                base = by_cat[c][i % len(by_cat[c])] if by_cat[c] else CATEGORY_PHRASE[c]
+                base = by_cat[c][i % len(by_cat[c])] if by_cat[c] else category_phrase(c)
                 out.append((f"{base}, {s} style", c, s))
     return out
+
+
+def adherence(verdict: dict, jobs: list[tuple[str, str, str]]) -> tuple[float, float]:
+    """Shares of samples judged as the (category, style) their job asked for."""
+    cat = np.mean([v == c for v, (_, c, _) in zip(verdict["category"], jobs, strict=True)])
+    sty = np.mean([v == s for v, (_, _, s) in zip(verdict["style"], jobs, strict=True)])
+    return float(cat), float(sty)
 
 
 def prompt_reference(judge, image_sets: list[np.ndarray], label_sets: list[list[dict]]) -> tuple[float, int]:
@@ -83,7 +88,8 @@ def prompt_reference(judge, image_sets: list[np.ndarray], label_sets: list[list[
     for images, labels in zip(image_sets, label_sets, strict=True):
         for image, lab in zip(images, labels, strict=True):
             by_name.setdefault(lab["name"].lower(), []).append((image, lab["category"]))
-    found = [by_name[p.rsplit(",", 1)[0].strip()] for p in emoji_prompts() if p.rsplit(",", 1)[0].strip() in by_name]
+    names = [p.rsplit(",", 1)[0].strip() for p in emoji_prompts()]  # "red apple, food and drink" -> "red apple"
+    found = [by_name[name] for name in names if name in by_name]
     pictures = [x for items in found for x in items]
     verdict = judge.predict(to_tensor(np.stack([im for im, _ in pictures])))
     return float(np.mean([v == c for v, (_, c) in zip(verdict["category"], pictures, strict=True)])), len(found)
@@ -145,16 +151,14 @@ def main() -> None:
             gens = adapter.sample([args.seed + i for i in range(n)], [p for p, _, _ in jobs], **settings)
             images = session.render(gens)
             verdict = judge.predict(images)
-            cat_ok = np.mean([v == c for v, (_, c, _) in zip(verdict["category"], jobs)])
-            sty_ok = np.mean([v == s for v, (_, _, s) in zip(verdict["style"], jobs)])
+            cat_ok, sty_ok = adherence(verdict, jobs)
             per_cat = {c: np.mean([v == c for v, (_, cc, _) in zip(verdict["category"], jobs) if cc == c])
                        for c in CATEGORIES}
             if adapter.family == "diffusion":  # the GAN's condition: category and style only, no emoji name
-                short = [f"{CATEGORY_PHRASE[c]}, {s} style" for _, c, s in jobs]
+                short = [f"{category_phrase(c)}, {s} style" for _, c, s in jobs]
                 v2 = judge.predict(session.render(adapter.sample([args.seed + i for i in range(n)], short,
                                                                  **settings)))
-                cat_short = np.mean([v == c for v, (_, c, _) in zip(v2["category"], jobs)])
-                sty_short = np.mean([v == s for v, (_, _, s) in zip(v2["style"], jobs)])
+                cat_short, sty_short = adherence(v2, jobs)
             fd = frechet(features(judge, images), f_held)
             # diversity: one prompt, many seeds, against real images of that category
             prompt = "grinning face, smileys and emotion, twemoji style"

@@ -52,7 +52,7 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from emoji_data import CATEGORIES, IMAGES_FILE, LABELS_FILE, STYLES, resolve_cache  # noqa: E402
+from emoji_data import CATEGORIES, IMAGES_FILE, LABELS_FILE, STYLES, category_phrase, resolve_cache  # noqa: E402
 
 DEFAULT_VERSION = "16.0.0"  # pinned so that the data set (and its split) is reproducible
 SIZE = 64
@@ -166,7 +166,7 @@ def caption(name: str, category: str, style: str, skin_tone: str | None) -> str:
     parts = [name]
     if skin_tone and skin_tone != "default":
         parts.append(f"{skin_tone} skin tone")
-    parts += [category.lower().replace("&", "and"), f"{style} style"]
+    parts += [category_phrase(category), f"{style} style"]
     return ", ".join(parts)
 
 

@@ -89,7 +89,9 @@ def source_generations(session: Session, model: str, attribute: dict, n: int, se
         prompts = prompts or emoji_prompts()
         texts = [f"{prompts[i % len(prompts)]}, {source} style" for i in range(n)]
     elif name == "category" and source:
-        phrase = source.lower().replace("&", "and")  # "Smileys & Emotion" -> "smileys and emotion"
+        from pipelines.emoji_labels import category_phrase
+
+        phrase = category_phrase(source)
         prompts = prompts or [p for p in emoji_prompts() if p.endswith(phrase)] or [phrase]
         texts = [prompts[i % len(prompts)] for i in range(n)]
     else:
@@ -155,7 +157,8 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         rows.append(ScoreRow(float(s), float(flip), float(keep), float(change), n))
         strip.append(ims[: min(n, 6)])
     result: dict[str, Any] = {"vector": vector_ref, "attribute": attribute, "model": model, "sdedit": sdedit,
-                              "settings": dict(settings or {}), "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
+                              "settings": dict(settings or {}),
+                              "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
                               "rows": [asdict(r) for r in rows]}
     if out is not None:
         out = Path(out)
