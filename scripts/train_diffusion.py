@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
 
 from training import load_checkpoint, lr_at, save_checkpoint, torch_device  # noqa: E402
 
-from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, load_emoji  # noqa: E402
+from emoji_data import CATEGORIES, GRID_PROMPTS, EmojiDataMissing, category_phrase, load_emoji  # noqa: E402
 
 DEFAULT_WORK = ROOT / "out" / "emoji-diffusion"
 DEFAULT_OUT = ROOT / "pipelines" / "embedded" / "emoji-diffusion"
@@ -191,6 +191,14 @@ def resolve_steps(args, stem: Path, default: int, time_step) -> int:
         print(f"{per:.3f} s/step measured: {n} steps fit in {args.minutes:g} min (same as --steps {n})")
         return n
     return default
+
+
+def drop_build_paths(folder: Path) -> None:
+    """Remove the ``_name_or_path`` diffusers records in configs (the training machine's work folder)."""
+    for config in folder.rglob("config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def stopped(end: int, steps: int, stem: Path) -> bool:
@@ -469,6 +477,7 @@ def train_decoder(args, device) -> int:
     save_grid(torch.cat([held_fixed, rec]), work / "samples" / "decoder-final.png", 16)
     vae.save_pretrained(work / "vae-decoder")
     vae.to(torch.float16).save_pretrained(out / "vae")
+    drop_build_paths(out)
     for f in (out / "vae").iterdir():
         os.chmod(f, 0o644)
     info = {"train_seconds": round(elapsed, 1), "device": str(device), "hardware": hardware(device),
@@ -603,7 +612,7 @@ def inference_scheduler():
 
 def caption_parts(lab: dict) -> tuple[str, str, str, str]:
     """(name part, skin-tone suffix, category phrase, style phrase) with caption = their join."""
-    cat = lab["category"].lower().replace("&", "and")
+    cat = category_phrase(lab["category"])
     style = f"{lab['style']} style"
     suffix = f", {cat}, {style}"
     cap = lab["caption"]
@@ -858,6 +867,7 @@ def train_unet(args, device) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
+    drop_build_paths(out)
     # The tokenizer as written for training (vocab.json + merges.txt), not a converted copy.
     for f in (out / "tokenizer").iterdir():
         f.unlink()

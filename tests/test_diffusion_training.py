@@ -47,6 +47,9 @@ def test_decoder_stage_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
     assert all(torch.equal(after[k], before[k].half()) for k in encoder)  # the latent space stays
     assert sum(not torch.equal(after[k], before[k].half()) for k in decoder) > len(decoder) // 2
     assert all(torch.equal(runs["resumed"][k], after[k]) for k in after)  # stop + resume == one run
+    import json
+
+    assert "_name_or_path" not in json.loads((tmp_path / "whole" / "model" / "vae" / "config.json").read_text())
 
 
 def test_decoder_stage_needs_the_vae_and_the_model(tmp_path):
