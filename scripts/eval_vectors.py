@@ -95,6 +95,32 @@ def swap_reference(session: Session, model: str, n: int, seed: int = 1000, psi: 
     return {"flip_rate": flip, "preservation": keep, "n": n}
 
 
+def real_pair_reference() -> dict:
+    """What a perfect style edit would score: the judge on the real Noto and Twemoji pictures of one emoji
+    (skin-tone variations left out). How often it reads the same category for both pictures bounds the
+    category preservation any edit can show, as measured by this judge."""
+    from PIL import Image
+
+    from emoji_data import load_emoji
+
+    judge, _ = load_judge()
+    out = {}
+    for split in ("heldout", "train"):
+        images, labels = load_emoji(split=split)
+        by_emoji: dict[str, dict[str, np.ndarray]] = {}
+        for image, lab in zip(images, labels, strict=True):
+            if not lab.get("skin_tone"):
+                by_emoji.setdefault(lab["unified"], {})[lab["style"]] = image
+        pairs = [d for d in by_emoji.values() if {"noto", "twemoji"} <= set(d)]
+        noto, tw = (judged(judge, {}, [Image.fromarray(d[s]) for d in pairs]) for s in ("noto", "twemoji"))
+        keep = float(np.mean([a == b for a, b in zip(noto["category"], tw["category"], strict=True)]))
+        flip = float(np.mean([x == "twemoji" for x in tw["style"]]))
+        print(f"-- reference, real pictures ({split}, {len(pairs)} emoji): the Twemoji picture of an emoji is "
+              f"read as Twemoji {flip:.1%}, as the same category as its Noto picture {keep:.1%}")
+        out[split] = {"flip_rate": flip, "preservation": keep, "pairs": len(pairs)}
+    return out
+
+
 def first_reaching(result: dict, flip: float) -> dict | None:
     """The row of the smallest strength whose flip rate reaches ``flip``: where to compare two vectors."""
     rows = sorted(result["rows"], key=lambda r: r["strength"])
@@ -129,6 +155,8 @@ def main() -> None:
         t0 = time.perf_counter()
         run_gan, run_diffusion = args.only in (None, "gan"), args.only in (None, "diffusion")
         parts = set(args.parts.split(","))
+        if "vectors" in parts:
+            summary["real_pairs"] = real_pair_reference()
         # ---- A. GAN: w-space vectors from matched sets (same seeds and categories, the style differs)
         if run_gan and "vectors" in parts:
             cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(args.sets)]
