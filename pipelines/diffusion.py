@@ -55,7 +55,7 @@ OPTIONAL_SETTINGS = {
     "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
     "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
 }
-HSPACE_STEPS = 5  # default: shift the bottleneck during the first five steps (the coarse layout)
+HSPACE_STEPS = diffusion_edit.HSPACE_STEPS
 MAX_SIDE = 4096  # pixels; beyond this a render would not fit any accelerator we know
 TEXT_KEYS = [
     "model_type",

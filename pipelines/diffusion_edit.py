@@ -26,6 +26,8 @@ from studio.objects import Generation, Latent, Lineage
 if TYPE_CHECKING:
     from pipelines.diffusion import DiffusionAdapter
 
+HSPACE_STEPS = 5  # default: shift the bottleneck during the first five denoising steps (the coarse layout)
+
 
 @contextmanager
 def hspace_shift(unet, delta: torch.Tensor | None, steps: int):
@@ -86,7 +88,7 @@ def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor
     else:
         cond = text
     x = latents
-    with hspace_shift(pipe.unet, hdelta, settings.get("hspace_steps", 0) or 0):
+    with hspace_shift(pipe.unet, hdelta, settings.get("hspace_steps", HSPACE_STEPS)):
         for i, t in enumerate(timesteps):
             inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
             eps = pipe.unet(inp, t, encoder_hidden_states=cond).sample

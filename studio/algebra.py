@@ -193,6 +193,8 @@ def normalize(x: Value, norm: Value | None = None) -> Value:
     """
     if norm is not None:
         norm = _number(norm, "normalize's norm")
+        if norm <= 0:
+            raise StudioError(f"normalize's norm must be positive, got {norm:g}")
 
     def one(lat: Latent | Vector) -> Latent | Vector:
         target = norm if norm is not None else (math.sqrt(lat.tensor.numel()) if lat.space.gaussian else 1.0)

@@ -23,6 +23,10 @@ class StudioGroup(click.Group):
         except StudioError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:  # a bad option or argument below: one line too, with where to look
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -51,6 +55,20 @@ def progress_bar(desc: str, enabled: bool = True):
     finally:
         if bar is not None:
             bar.close()
+
+
+def _one_line(text: str) -> str:
+    """Text for a table row: newlines and other control characters shown escaped, so one row stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _make_folder(folder: str | Path) -> Path:
+    """Create an output folder up front, so a bad --out fails before anything is computed or stored."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudioError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    return Path(folder)
 
 
 def _session(ctx: click.Context) -> Session:
@@ -153,12 +171,14 @@ def eval_(ctx, expression, name, tags, out, as_json):
       studio eval "@scene + 0.8 * @day_to_night" --name night
     """
     session = _session(ctx)
-    stored = session.evaluate(expression, name=name, tags=tags)
-    paths = None
-    if out:
+    if out:  # checked before anything is stored
         out = Path(out)
         if out.suffix.lower() != ".png":
             raise StudioError(f"--out names a PNG file; got {out}")
+        _make_folder(out.parent)
+    stored = session.evaluate(expression, name=name, tags=tags)
+    paths = None
+    if out:
         with progress_bar("render", not as_json) as cb:
             paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
     _print_stored([stored], as_json, paths)
@@ -243,7 +263,7 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, as_json):
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
     for r in rows:
-        what = r.summary.get("prompt") or r.summary.get("expr") or r.summary.get("method") or ""
+        what = _one_line(r.summary.get("prompt") or r.summary.get("expr") or r.summary.get("method") or "")
         names = ",".join(r.names) or "-"
         tags = (" #" + " #".join(r.tags)) if r.tags else ""
         click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
@@ -267,12 +287,12 @@ def latents_show(ctx, ref, as_json):
         click.echo(f"space    {role}: {space}")
     for key in ("seed", "prompt", "method"):
         if info.get(key) is not None:
-            click.echo(f"{key:<8} {info[key]}")
+            click.echo(f"{key:<8} {_one_line(str(info[key]))}")
     if info.get("settings"):
         click.echo("settings " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()))
     lin = info["lineage"]
     if lin["op"]:
-        params = ", ".join(f"{k}={v}" for k, v in lin["params"].items())
+        params = _one_line(", ".join(f"{k}={v}" for k, v in lin["params"].items()))
         click.echo(f"made by  {lin['op']}({params})")
         for p in lin["parents"]:
             click.echo(f"  parent {p['id'][:12]}  {', '.join(p['names']) or ''}")
@@ -309,8 +329,18 @@ def latents_name(ctx, ref, name):
 @click.argument("ref")
 @click.pass_context
 def latents_rm(ctx, ref):
-    """Remove an object (objects made from it keep their lineage ids)."""
-    click.echo(f"removed {_session(ctx).library.remove(ref)[:12]}")
+    """Remove a name, or an object (objects made from it keep their lineage ids).
+
+    An object with several names (identical content is stored once) loses only the name given;
+    an id prefix, or its last name, removes the object itself.
+    """
+    lib = _session(ctx).library
+    object_id = lib.remove(ref)
+    if lib.exists(object_id):  # only the name went
+        click.echo(f"removed the name {ref.removeprefix('@')} "
+                   f"(the object stays: also named {', '.join(lib.names_of(object_id))})")
+    else:
+        click.echo(f"removed {object_id[:12]}")
 
 
 @latents.command(name="export")
@@ -397,6 +427,8 @@ def ui(ctx, model, host, port, share, auth, auth_file, max_upload, queue_size):
 
 def _floats(text: str) -> list[float]:
     try:
+        if "_" in text:  # float() would read "1_000" as 1000
+            raise ValueError(text)
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise StudioError(f"expected comma-separated numbers, got {text!r}") from None
@@ -434,7 +466,7 @@ def vectors():
 @click.option("--name", default=None, help="Name to store the vector under.")
 @click.pass_context
 def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_steps, attribute, name):
-    """A direction from set A to set B of stored generations or latents.
+    """A direction from set A to set B of stored generations or latents (at least 2 in each set).
 
     \b
     Examples:
@@ -472,8 +504,10 @@ def vectors_from_prompts(ctx, definition, model, name):
 
 
 @vectors.command(name="discover")
-@click.option("--model", "-m", default=None, help="Model to explore.")
-@click.option("--space", type=click.Choice(["w", "text"]), default="w", show_default=True)
+@click.option("--model", "-m", default=None,
+              help=f"Model to explore (default: {DEFAULT_MODEL}, which has a text space but no w).")
+@click.option("--space", type=click.Choice(["w", "text"]), default="w", show_default=True,
+              help="w: sampled GAN w vectors; text: the prompt embeddings of --prompts.")
 @click.option("-k", type=int, default=8, show_default=True, help="How many principal directions.")
 @click.option("--samples", type=int, default=2000, show_default=True, help="Sampled w vectors (w space).")
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), default=None,
@@ -484,12 +518,17 @@ def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix):
     """Principal directions of sampled w (GANSpace) or of prompt embeddings, with explained variance.
 
     \b
-    Example:
+    Examples:
       studio vectors discover --model emoji-gan -k 6 --prefix pc
+      studio vectors discover --space text --prompts prompts/emoji_prompts.txt -k 4 --prefix tpc
     """
     prompts = None
     if prompt_file:
-        prompts = [line.strip() for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudioError(f"cannot read prompts from {prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
     rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts)
     for stored, ratio in rows:
         click.echo(f"{stored.id[:12]}  {stored.name or '-':<12} explained variance {ratio:7.2%}")
@@ -501,7 +540,12 @@ def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix):
 @click.option("--name", default=None, help="Name to store the conditioned vector under.")
 @click.pass_context
 def vectors_condition(ctx, vector, others, name):
-    """Remove from VECTOR its components along others (InterFaceGAN's conditional manipulation)."""
+    """Remove from VECTOR its components along others (InterFaceGAN's conditional manipulation).
+
+    \b
+    Example:
+      studio vectors condition style_w --on category_w --name style_only
+    """
     _print_stored([_session(ctx).vectors.condition(vector, list(others), name)], False)
 
 
@@ -513,10 +557,12 @@ def vectors_condition(ctx, vector, others, name):
 @click.option("--mode", type=click.Choice(["latent", "hspace", "sdedit"]), default="latent", show_default=True,
               help="latent: add to the role in the vector's space; hspace: shift the UNet bottleneck; "
                    "sdedit: re-render from the noised original picture.")
-@click.option("--sdedit-strength", type=float, default=0.6, show_default=True)
+@click.option("--sdedit-strength", type=float, default=0.6, show_default=True,
+              help="With --mode sdedit: how far the original picture is noised before re-rendering (0-1; "
+                   "higher changes more).")
 @click.option("--name", default=None, help="Name for the result (NAME-1, ... for a sweep).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Render the results here.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, out, as_json):
     """TARGET + s * VECTOR for each strength s, stored with lineage (and rendered with --out).
@@ -527,6 +573,8 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
       studio vectors apply cat noto_to_twemoji -s 0,0.5,1,1.5 --out sweep/
     """
     session = _session(ctx)
+    if out:
+        _make_folder(out)
     items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength)
     paths = None
     if out:
@@ -537,7 +585,7 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
 
 @vectors.command(name="score")
 @click.argument("vector")
-@click.option("--strengths", default="0,0.5,1,1.5,2", show_default=True, help="Comma-separated strengths.")
+@click.option("--strengths", "-s", default="0,0.5,1,1.5,2", show_default=True, help="Comma-separated strengths.")
 @click.option("-n", "count", type=int, default=36, show_default=True, help="Source samples per strength.")
 @click.option("--seed", type=int, default=1000, show_default=True, help="First seed of the source samples.")
 @click.option("--model", "-m", default=None, help="Model to sample from (default: the vector's).")
@@ -548,10 +596,13 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
               help="GAN: truncation psi of the sources and their edits (default: the model's own).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="out/score", show_default=True,
               help="Folder for score.png (the curves) and strip.png (examples).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table and paths as JSON.")
 @click.pass_context
 def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, truncation, out, as_json):
     """Sweep strengths and judge the edits: flip rate, preservation of the other attribute, pixel change.
+
+    The emoji-judge must know the vector's attribute (--attribute when it was made): style
+    (noto/twemoji), category (e.g. "Smileys & Emotion") or a probe such as sky (sun/moon).
 
     \b
     Example:
@@ -592,6 +643,7 @@ def invert(ctx, image, model, prompt, steps, category, style, name, out):
     Diffusion models: VAE encode, then DDIM inversion (each step refined by fixed-point
     iteration) to the starting noise.
     GAN models: projection into w by optimisation (pixel + perceptual loss).
+
     \b
     Examples:
       studio invert cat.png --name mycat --out out/

@@ -67,7 +67,8 @@ def read_header(data: bytes, what: str = "file") -> dict[str, str]:
         raise StudioError(f"{what} is not a safetensors file (unreadable header)") from exc
     if not isinstance(header, dict):
         raise StudioError(f"{what} is not a safetensors file (unreadable header)")
-    return header.get("__metadata__") or {}
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}  # safetensors itself refuses any other kind on load
 
 
 def load_tensors(data: bytes, what: str = "file") -> dict[str, torch.Tensor]:
@@ -84,9 +85,10 @@ def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str,
         raise StudioError(f"{what} is a safetensors file but not one written by Latent Studio")
     try:
         header = json.loads(meta[FORMAT])
-    except json.JSONDecodeError as exc:
+    except (TypeError, json.JSONDecodeError) as exc:
         raise StudioError(f"{what} has an unreadable Latent Studio header") from exc
-    if header.get("format") != FORMAT or not isinstance(header.get("version"), int):
+    if (not isinstance(header, dict) or header.get("format") != FORMAT
+            or not isinstance(header.get("version"), int)):
         raise StudioError(f"{what} has an unreadable Latent Studio header")
     if header["version"] > VERSION:
         raise StudioError(f"{what} was written by a newer Latent Studio (format {header['version']})")
@@ -95,28 +97,47 @@ def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str,
         obj = _build(header, tensors)
     except StudioError as exc:
         raise StudioError(f"{what}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field missing, or of a wrong JSON type
         raise StudioError(f"{what} has a malformed Latent Studio header ({exc!r})") from None
     if header.get("id") and header["id"] != obj.id:
         raise StudioError(f"{what} is corrupt: its content does not match its id {header['id'][:12]}")
     return obj, header
 
 
+def _field(header: dict, key: str, kind: type, default: Any) -> Any:
+    """A header field of the JSON type the reader needs (``default`` when absent); anything else is damage."""
+    value = header.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        wanted = {dict: "mapping", str: "string"}[kind]
+        raise StudioError(f"malformed Latent Studio header: {key!r} should be a {wanted}, "
+                          f"not {type(value).__name__}")
+    return value
+
+
 def _build(header: dict, tensors: dict[str, torch.Tensor]) -> StoredObject:
     kind = header["kind"]
-    lineage = Lineage.from_json(header.get("lineage"))
+    lineage = Lineage.from_json(_field(header, "lineage", dict, None))
+    meta = _field(header, "meta", dict, {})
     if kind == "generation":
         roles = {}
-        for role, h in header["roles"].items():
+        for role, h in _field(header, "roles", dict, {}).items():
+            if not isinstance(h, dict):
+                raise StudioError(f"malformed Latent Studio header: role {role!r} is not described")
             t = tensors[f"role.{role}"]
-            roles[role] = Latent(t, Space.from_json(h["space"]), h.get("meta") or {},
-                                 Lineage.from_json(h.get("lineage")))
-        return Generation(roles, header["model"], header.get("settings") or {}, header.get("meta") or {}, lineage)
+            roles[role] = Latent(t, Space.from_json(h["space"]), _field(h, "meta", dict, {}),
+                                 Lineage.from_json(_field(h, "lineage", dict, None)))
+        model = header["model"]
+        if not isinstance(model, str):
+            raise StudioError(f"malformed Latent Studio header: 'model' should be a string, "
+                              f"not {type(model).__name__}")
+        return Generation(roles, model, _field(header, "settings", dict, {}), meta, lineage)
     space = Space.from_json(header["space"])
     if kind == "latent":
-        return Latent(tensors["tensor"], space, header.get("meta") or {}, lineage)
+        return Latent(tensors["tensor"], space, meta, lineage)
     if kind == "vector":
-        return Vector(tensors["tensor"], space, header.get("method", "unknown"), header.get("meta") or {}, lineage)
+        return Vector(tensors["tensor"], space, _field(header, "method", str, "unknown"), meta, lineage)
     raise StudioError(f"unknown object kind {kind!r}")
 
 
@@ -149,6 +170,8 @@ def from_comfy(data: bytes, what: str = "file") -> list[torch.Tensor]:
     t = tensors[COMFY_KEY]
     if t.ndim != 4:
         raise StudioError(f"{what}: expected a [batch, channels, height, width] latent, got shape {tuple(t.shape)}")
+    if 0 in t.shape:  # a batch of none, or latents with no cells: nothing that could be rendered
+        raise StudioError(f"{what} holds no latent values (shape {tuple(t.shape)}); nothing to import")
     if COMFY_MARKER not in tensors:
         # Files from before the marker store scaled latents; ComfyUI divides by SD1's 0.18215.
         # Guessing that multiplier is exactly what we refuse to do.
@@ -191,4 +214,10 @@ def read_png(path: Path) -> tuple[Generation, dict[str, Any]]:
     obj, _ = from_bytes(data, f"the generation inside {path}")
     if not isinstance(obj, Generation):
         raise StudioError(f"{path} carries a {obj.kind}, not a generation")
-    return obj, json.loads(text.get(PNG_KEY, "{}"))
+    # The readable recipe is a copy for people and other tools; the data chunk checked above is
+    # what counts, so a readable chunk that is not a JSON mapping is ignored, not fatal.
+    try:
+        recipe = json.loads(text.get(PNG_KEY, "{}"))
+    except json.JSONDecodeError:
+        recipe = {}
+    return obj, recipe if isinstance(recipe, dict) else {}

@@ -65,8 +65,8 @@ def mean(*xs: torch.Tensor) -> torch.Tensor:
 def normalize(a: torch.Tensor, norm: float = 1.0) -> torch.Tensor:
     """Rescale to the given L2 norm over the whole tensor (unit norm by default)."""
     n = a.double().norm()
-    if n == 0:
-        raise ValueError("cannot normalize an all-zero tensor")
+    if n < 1e-12:  # zero, or rounding noise that rescaling would turn into a random direction
+        raise ValueError(f"cannot normalize a tensor of norm {float(n):.2g}: it is (numerically) zero")
     return (a.double() * (float(norm) / n)).to(a.dtype)
 
 

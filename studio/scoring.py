@@ -20,6 +20,7 @@ from PIL import Image
 from studio import algebra
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
+from studio.vectorlab import check_strengths
 
 if TYPE_CHECKING:
     from studio.session import Session
@@ -114,13 +115,25 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     v = session.get(vector_ref)
     if not isinstance(v, Vector):
         raise StudioError(f"{vector_ref} is a {v.kind}, not a vector")
-    attribute = v.meta.get("attribute") or {}
-    if not strengths or not 1 <= n <= 4096:
-        raise StudioError("give at least one strength and 1..4096 samples")
+    attribute = v.meta.get("attribute")
+    attribute = attribute if isinstance(attribute, dict) else {}
+    strengths = check_strengths(strengths)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4096:
+        raise StudioError(f"the number of samples must be a whole number from 1 to 4096, not {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise StudioError(f"the first seed must be a whole number >= 0, not {seed!r}")
     model = model or v.meta.get("model")
     family = session.adapter(model).family
     if settings and "truncation" in settings and family != "gan":
         raise StudioError(f"truncation is a GAN setting; {vector_ref} is scored on {model}, a {family} model")
+    if sdedit is not None and (not 0 < sdedit <= 1 or family != "diffusion"):
+        raise StudioError("sdedit scoring needs a diffusion model and a strength in (0, 1]")
+    if out is not None:  # before the work: a folder that cannot be made fails now, not after the sweep
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudioError(f"cannot create output folder {out}: {exc.strerror}") from None
     judge, probes = load_judge()
     key = attribute.get("name")
     if key not in OTHER and key not in probes:
@@ -138,8 +151,6 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         images = session.render(base + [g for s in strengths for g in edited[s]], progress)
         base_img, rest = images[:n], images[n:]
     else:
-        if not 0 < sdedit <= 1 or family != "diffusion":
-            raise StudioError("sdedit scoring needs a diffusion model and a strength in (0, 1]")
         base_img = session.render(base)
         inits = session.adapter(model).encode(base_img)
         edited = {s: [Generation({**g.roles, "init": init}, g.model, {**g.settings, "sdedit": float(sdedit)}, {},
@@ -161,8 +172,6 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
                               "baseline_" + key: float(np.mean([x == target for x in verdict0[key]])),
                               "rows": [asdict(r) for r in rows]}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         result["plot"] = str(plot_scores(rows, attribute, out / "score.png"))
         result["strip"] = str(save_strip(strip, ["original"] + [f"{s:g}" for s in strengths], out / "strip.png"))
     return result

@@ -239,6 +239,9 @@ class Session:
                 raise StudioError("a ComfyUI .latent file does not say which VAE made it; "
                                   "name the model with --model so its VAE space can be assigned")
             adapter = self.adapter(model)
+            if not hasattr(adapter, "vae_space"):  # GANs have no VAE, so no space for the file's latents
+                raise StudioError(f"model {adapter.spec} has no VAE space, so a ComfyUI .latent cannot be "
+                                  "imported into it; name a diffusion model with --model")
             h, w = tensors[0].shape[-2:]
             space: Space = adapter.vae_space(h * adapter.scale, w * adapter.scale)
             out = []
@@ -272,12 +275,20 @@ class Session:
         """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
         if name is not None:
             check_name(name)
+            if (owner := self.library.name_owner(name)) is not None:  # checked before the slow work
+                raise StudioError(f"the name {name!r} already refers to {owner[:12]}; pick another name")
         image = open_image(path)
         adapter = self.adapter(model)
+        options = {k: v for k, v in options.items() if v is not None}
         if hasattr(adapter, "invert"):
-            gen = adapter.invert(image, prompt, steps or 100)
+            if options:
+                raise StudioError(f"{', '.join(sorted(options))}: options of a conditional GAN's projection; "
+                                  f"{adapter.spec} is a diffusion model")
+            gen = adapter.invert(image, prompt, _steps(steps, 100, 1000, "DDIM inversion"))
         elif hasattr(adapter, "project"):
-            gen = adapter.project(image, steps or 300, **{k: v for k, v in options.items() if v is not None})
+            if options and getattr(adapter, "vocabulary", None) is None:
+                raise StudioError(f"{adapter.spec} is an unconditional GAN: it takes no {', '.join(sorted(options))}")
+            gen = adapter.project(image, _steps(steps, 300, 10_000, "GAN projection"), **options)
         else:
             raise StudioError(f"model {adapter.spec} cannot invert pictures")
         gen.lineage = Lineage(gen.lineage.op if gen.lineage else "invert",
@@ -295,6 +306,15 @@ class Session:
         return {**rec.to_json(), "meta": header.get("meta", {}), "settings": header.get("settings"),
                 "lineage": {"op": lineage.get("op"), "params": lineage.get("params", {}), "parents": parents},
                 "children": self.library.children(rec.id), "path": str(self.library.path_of(rec.id))}
+
+
+def _steps(steps: int | None, default: int, most: int, what: str) -> int:
+    """The step count asked for (None: the default), a whole number from 1 to ``most``."""
+    if steps is None:
+        return default
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
+        raise StudioError(f"{what} takes 1 to {most} steps, not {steps!r}")
+    return steps
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096

@@ -20,7 +20,7 @@ from typing import Any
 
 from studio import formats
 from studio.errors import StudioError
-from studio.objects import Generation, StoredObject
+from studio.objects import Generation, StoredObject, Vector
 
 NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$")
@@ -98,7 +98,15 @@ def _summary_of(obj: StoredObject) -> dict[str, Any]:
 
 
 def _model_of(obj: StoredObject) -> str | None:
-    return obj.model if isinstance(obj, Generation) else obj.meta.get("model")
+    model = obj.model if isinstance(obj, Generation) else obj.meta.get("model")
+    return model if isinstance(model, str) else None  # an imported file's odd value is not indexed
+
+
+def _describe_vector(v: Vector) -> str:
+    attribute = v.meta.get("attribute")
+    if isinstance(attribute, dict) and {"name", "from", "to"} <= set(attribute):
+        attribute = f"{attribute['name']} {attribute['from']}->{attribute['to']}"
+    return f"method {v.method}, attribute {attribute or '(none)'}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -163,15 +171,19 @@ class Library:
         for parent in obj.lineage.parents if obj.lineage else ():
             if not self.exists(parent):
                 raise StudioError(f"parent {parent[:12]} of this object is not in the library")
+        if self.exists(object_id):
+            self._check_same_description(obj, object_id)
         created = time.time()
-        path = self.path_of(object_id)
+        # The index row is built before the file is written, so an object that cannot be
+        # indexed leaves no file behind either.
+        row = (object_id, obj.kind, _model_of(obj), json.dumps(_spaces_of(obj)),
+               obj.lineage.op if obj.lineage else None, created, json.dumps(_summary_of(obj)))
         if not self.exists(object_id):
-            atomic_write(path, formats.to_bytes(obj, created))
+            atomic_write(self.path_of(object_id), formats.to_bytes(obj, created))
         with self._tx() as db:
             new = db.execute(
                 "INSERT OR IGNORE INTO objects(id, kind, model, spaces, op, created, summary) VALUES (?,?,?,?,?,?,?)",
-                (object_id, obj.kind, _model_of(obj), json.dumps(_spaces_of(obj)),
-                 obj.lineage.op if obj.lineage else None, created, json.dumps(_summary_of(obj))),
+                row,
             ).rowcount
             if obj.lineage and new:  # the first derivation stored is the lineage, in the file and the index
                 db.executemany("INSERT OR IGNORE INTO parents(child, parent, position) VALUES (?,?,?)",
@@ -180,6 +192,26 @@ class Library:
                 db.execute("INSERT OR IGNORE INTO names(name, id) VALUES (?, ?)", (name, object_id))
             db.executemany("INSERT OR IGNORE INTO tags(id, tag) VALUES (?, ?)", [(object_id, t) for t in tags])
         return object_id
+
+    def _check_same_description(self, obj: StoredObject, object_id: str) -> None:
+        """Refuse a vector whose content is stored already but described differently.
+
+        The same content is stored once, with the description of its first making; handing back
+        that object for a vector declared as another attribute or method would make later scoring
+        judge the wrong attribute. Algebra results carry no metadata and declare nothing.
+        """
+        if not isinstance(obj, Vector) or not obj.meta:
+            return
+        stored = self.get(object_id)
+        if not isinstance(stored, Vector):
+            return
+        if stored.method != obj.method or stored.meta.get("attribute") != obj.meta.get("attribute"):
+            names = self.names_of(object_id)
+            label = f"{object_id[:12]} ({', '.join(names)})" if names else object_id[:12]
+            raise StudioError(
+                f"this vector is already stored as {label} with {_describe_vector(stored)}, not "
+                f"{_describe_vector(obj)}; the same content keeps one description: "
+                f"remove it first (studio latents rm {object_id[:12]}) to store it anew")
 
     def name(self, ref: str, name: str) -> str:
         object_id = self.resolve(ref)
@@ -205,9 +237,20 @@ class Library:
         return object_id
 
     def remove(self, ref: str) -> str:
-        """Forget an object: its index rows, then its file. Children keep their lineage ids."""
+        """Forget a name or an object; returns the object's id.
+
+        Identical content is stored once, so one object may carry several names. Given one of
+        several names, only that name goes and the object stays (``exists(id)`` is still true,
+        which is how a caller tells the two apart). Given an id prefix or the object's last name,
+        the object goes: its index rows, then its file. Children keep their lineage ids.
+        """
         object_id = self.resolve(ref)
+        key = ref[1:] if ref.startswith("@") else ref
         with self._tx() as db:
+            names = [r[0] for r in db.execute("SELECT name FROM names WHERE id = ?", (object_id,))]
+            if key in names and len(names) > 1:
+                db.execute("DELETE FROM names WHERE name = ?", (key,))
+                return object_id
             for table, column in (("names", "id"), ("tags", "id"), ("parents", "child"), ("objects", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (object_id,))
         self.path_of(object_id).unlink(missing_ok=True)
@@ -233,18 +276,24 @@ class Library:
                 return rows[0][0]
             if len(rows) > 1:
                 raise StudioError(f"id prefix {key!r} is ambiguous ({len(rows)}+ objects match); give more digits")
+        if re.fullmatch(r"[0-9a-f]+", key):  # too short to be a prefix: say so, not just "nothing matches"
+            raise StudioError(f"no stored object is named {key!r}; id prefixes need at least {MIN_PREFIX} digits")
         raise StudioError(f"no stored object is named or has an id starting with {key!r} "
                           f"(see 'studio latents ls')")
 
+    def _read(self, object_id: str) -> tuple[StoredObject, dict[str, Any]]:
+        """An object file, checked to hold the content its id names (a swapped file is refused)."""
+        obj, header = formats.read_file(self.path_of(object_id))
+        if obj.id != object_id:  # one hash of a small tensor: cheap next to reading the file
+            raise StudioError(f"object {object_id[:12]} is damaged: its file holds different content "
+                              f"(run 'studio latents check')")
+        return obj, header
+
     def get(self, ref: str) -> StoredObject:
-        object_id = self.resolve(ref)
-        obj, _ = formats.read_file(self.path_of(object_id))
-        return obj
+        return self._read(self.resolve(ref))[0]
 
     def header(self, ref: str) -> dict[str, Any]:
-        object_id = self.resolve(ref)
-        _, header = formats.read_file(self.path_of(object_id))
-        return header
+        return self._read(self.resolve(ref))[1]
 
     def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
            space: str | None = None, text: str | None = None, limit: int | None = None,
@@ -291,6 +340,11 @@ class Library:
     def children(self, ref: str) -> list[str]:
         object_id = self.resolve(ref)
         return [r[0] for r in self.db.execute("SELECT child FROM parents WHERE parent = ?", (object_id,))]
+
+    def name_owner(self, name: str) -> str | None:
+        """The id a name refers to, or None if the name is free."""
+        row = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
 
     def names_of(self, object_id: str) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM names WHERE id = ? ORDER BY name", (object_id,))]

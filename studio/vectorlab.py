@@ -6,7 +6,9 @@ finds the model adapters a method needs (prompt encoders, w samplers, h-space pr
 
 from __future__ import annotations
 
+import math
 import os
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import torch
 import yaml
 
 from studio import vectors as vx
-from studio.errors import StudioError
+from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage, Vector
 from studio.space import Space
 
@@ -23,6 +25,28 @@ if TYPE_CHECKING:
 
 METHODS = ("mean", "boundary")
 APPLY_MODES = ("latent", "hspace", "sdedit")
+MAX_STRENGTHS = 64  # one sweep stores one object per strength
+MAX_STRENGTH = 1000.0  # far beyond any useful edit; larger values only make overflowed pictures
+MAX_HSPACE_STEPS = 1000
+
+
+def check_strengths(strengths: list[float]) -> list[float]:
+    """A sweep of 1..MAX_STRENGTHS finite strengths of at most MAX_STRENGTH in size."""
+    if not strengths:
+        raise StudioError("give at least one strength")
+    if len(strengths) > MAX_STRENGTHS:
+        raise StudioError(f"{len(strengths)} strengths in one sweep; at most {MAX_STRENGTHS}")
+    for s in strengths:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or abs(s) > MAX_STRENGTH:
+            raise StudioError(f"strength {s!r} is not a number between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
+    return [float(s) for s in strengths]
+
+
+def check_nonzero(tensor: torch.Tensor, scale: float, what: str) -> torch.Tensor:
+    """Refuse a direction that is zero, or rounding noise next to ``scale`` (the size of what it came from)."""
+    if float(tensor.double().norm()) <= 1e-6 * max(scale, 1e-30):
+        raise StudioError(f"{what} is a zero vector: it has no direction to edit along")
+    return tensor
 
 
 class VectorLab:
@@ -48,6 +72,9 @@ class VectorLab:
         """A direction from set A to set B of stored latents/generations: mean difference or linear boundary."""
         if method not in METHODS:
             raise StudioError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
+        if role == "hspace" and (isinstance(hspace_steps, bool) or not isinstance(hspace_steps, int)
+                                 or not 1 <= hspace_steps <= MAX_HSPACE_STEPS):
+            raise StudioError(f"hspace steps must be a whole number from 1 to {MAX_HSPACE_STEPS}, not {hspace_steps!r}")
         ids_a, objs_a = self._resolve_all(refs_a)
         ids_b, objs_b = self._resolve_all(refs_b)
         if role == "hspace":
@@ -56,6 +83,8 @@ class VectorLab:
             lat_a, lat_b = vx.role_latents(objs_a, role), vx.role_latents(objs_b, role)
         maker = vx.mean_difference if method == "mean" else vx.linear_boundary
         tensor, space = maker(lat_a, lat_b)
+        scale = float(torch.stack([x.tensor.double().norm() for x in lat_a + lat_b]).mean())
+        check_nonzero(tensor, scale, "the direction from set A to set B (the two sets have the same mean)")
         meta = {"model": lat_a[0].meta.get("model"), "attribute": attribute or {}, "n_a": len(ids_a), "n_b": len(ids_b)}
         if role == "hspace":
             meta["hspace_steps"] = hspace_steps
@@ -97,18 +126,29 @@ class VectorLab:
     def discover(self, model: str | None = None, space: str = "w", k: int = 8, samples: int = 2000,
                  prefix: str | None = None, prompts: list[str] | None = None, seed: int = 0) -> list[tuple[Stored, float]]:
         """Principal directions (GANSpace) of sampled w, or of text embeddings of ``prompts``; stored with their variance."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
+            raise StudioError(f"k must be a whole number of directions from 1 to 64, not {k!r}")
+        if space == "w" and (isinstance(samples, bool) or not isinstance(samples, int) or not k < samples <= 100_000):
+            raise StudioError(f"samples must be a whole number above k={k} and at most 100000, not {samples!r}")
+        names = [f"{prefix}{i}" for i in range(k)] if prefix else []
+        for n in names:  # every name checked before anything is stored
+            self._check_free(n, None)
         adapter = self.session.adapter(model)
         if space == "w":
             if not hasattr(adapter, "sample_w"):
                 raise StudioError(f"model {adapter.spec} has no w space; use --space text with prompts")
             x, target = adapter.sample_w(samples, seed), adapter.spaces()["w"]
         elif space == "text":
+            if not hasattr(adapter, "encode_text"):
+                raise StudioError(f"model {adapter.spec} has no text encoder; discover its directions in w space")
             if not prompts or len(prompts) < 3:
                 raise StudioError("text-space discovery needs a list of at least 3 prompts")
             x = adapter.encode_text(prompts).to("cpu", torch.float32).flatten(1)
             target = adapter.spaces()["text"]
         else:
             raise StudioError(f"discovery works in 'w' or 'text' space, not {space!r}")
+        if k >= len(x):
+            raise StudioError(f"{len(x)} samples give at most {len(x) - 1} directions; ask for fewer than k={k}")
         dirs, ratios = vx.principal_directions(x, k)
         out = []
         for i, (d, r) in enumerate(zip(dirs, ratios)):
@@ -127,7 +167,8 @@ class VectorLab:
         for o in [v, *others]:
             if not isinstance(o, Vector):
                 raise StudioError(f"conditioning works on vectors, got a {o.kind}")
-        tensor = vx.conditional(v, others)
+        tensor = check_nonzero(vx.conditional(v, others), float(v.tensor.double().norm()),
+                               f"{ref} without its components along {', '.join(on)}")
         lineage = Lineage("vector-condition", {"on": len(ids)}, (vid, *ids))
         meta = {**v.meta, "conditioned_on": ids, "cosine_before": [round(vx.cosine(v, o), 4) for o in others]}
         return self._store(Vector(tensor, v.space, f"{v.method}+conditional", meta, lineage), name)
@@ -144,8 +185,12 @@ class VectorLab:
         """
         if mode not in APPLY_MODES:
             raise StudioError(f"unknown mode {mode!r}; choose {', '.join(APPLY_MODES)}")
-        if not strengths:
-            raise StudioError("give at least one strength")
+        strengths = check_strengths(strengths)
+        if mode == "sdedit" and (isinstance(sdedit_strength, bool) or not isinstance(sdedit_strength, (int, float))
+                                 or not 0 < sdedit_strength <= 1):
+            raise StudioError(f"the SDEdit strength must be a number in (0, 1], not {sdedit_strength!r}")
+        names = [name if (name and len(strengths) == 1) else (f"{name}-{i + 1}" if name else None)
+                 for i in range(len(strengths))]
         tid, vid = self.library.resolve(target), self.library.resolve(vector)
         v = self.library.get(vid)
         if not isinstance(v, Vector):
@@ -158,20 +203,45 @@ class VectorLab:
         scope = {t_ref: self._stored(tid), v_ref: self._stored(vid)}
         source = f"@{t_ref} + s * @{v_ref}"
         base = self.library.get(tid)
+        if mode == "hspace":
+            self._check_hspace(base, v, vector)
         init = self._sdedit_init(base, tid) if mode == "sdedit" else None
-        out = []
-        for i, s in enumerate(strengths):
-            n = name if (name and len(strengths) == 1) else (f"{name}-{i + 1}" if name else None)
-            if init is None:
-                out.append(self.session.evaluate(source, name=n, bindings={"s": float(s)}, scope=scope))
-                continue
-            edited = self.session.evaluate(source, bindings={"s": float(s)}, scope=scope, store=False)
-            g: Generation = edited.obj
-            roles = {**g.roles, "init": init}
-            settings = {**g.settings, "sdedit": float(sdedit_strength)}
-            lineage = Lineage("sdedit", {"s": float(s), "strength": float(sdedit_strength)}, (tid, vid))
-            out.append(self._put(Generation(roles, g.model, settings, {}, lineage), n))
-        return out
+        # 1. Every edit computed, and every name checked, before the first is stored: a sweep that
+        #    fails half-way (a NaN result, a name taken) leaves the library as it was.
+        edits = []
+        for s, n in zip(strengths, names, strict=True):
+            edited = self.session.evaluate(source, bindings={"s": s}, scope=scope, store=False).obj
+            if init is not None:
+                g: Generation = edited
+                roles = {**g.roles, "init": init}
+                settings = {**g.settings, "sdedit": float(sdedit_strength)}
+                lineage = Lineage("sdedit", {"s": s, "strength": float(sdedit_strength)}, (tid, vid))
+                edited = Generation(roles, g.model, settings, {}, lineage)
+            if n is not None:
+                self._check_free(n, edited.id)
+            edits.append((edited, n))
+        # 2. Then stored, each with its lineage.
+        return [self._put(obj, n) for obj, n in edits]
+
+    def _check_free(self, name: str, object_id: str | None) -> None:
+        """A valid name that is free, or already names ``object_id``."""
+        from studio.store import check_name
+
+        check_name(name)
+        owner = self.library.name_owner(name)
+        if owner is not None and owner != object_id:
+            raise StudioError(f"the name {name!r} already refers to {owner[:12]}; pick another name or prefix")
+
+    def _check_hspace(self, base: Any, v: Vector, ref: str) -> None:
+        """An h-space vector shifts the bottleneck of the UNet that rendered ``base``, at its size."""
+        adapter = self.session.adapter(base.model) if isinstance(base, Generation) else None
+        if adapter is None or not hasattr(adapter, "hspace_space"):
+            what = f"a generation of {base.model}" if isinstance(base, Generation) else f"a {base.kind}"
+            raise StudioError(f"h-space vectors edit diffusion generations; the target is {what}")
+        settings = {**adapter.default_settings(), **base.settings}
+        expected = adapter.hspace_space(settings["height"], settings["width"])
+        if v.space != expected:
+            raise SpaceMismatch(f"{ref} is in {v.space}, but this generation's UNet bottleneck is {expected}")
 
     def _stored(self, object_id: str) -> Stored:
         from studio.session import Stored
@@ -203,7 +273,12 @@ def load_definition(definition: str | os.PathLike | dict) -> dict[str, Any]:
             definition = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise StudioError(f"no such vector definition: {path}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:  # the parser's own message spans several lines of context
+            mark = getattr(exc, "problem_mark", None)
+            where_in = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise StudioError(f"cannot read {path}: {problem}{where_in}") from None
+        except (OSError, UnicodeDecodeError) as exc:
             raise StudioError(f"cannot read {path}: {exc}") from None
     if not isinstance(definition, dict):
         raise StudioError(f"{where}: expected a mapping with 'from', 'to' and 'templates'")
@@ -213,4 +288,15 @@ def load_definition(definition: str | os.PathLike | dict) -> dict[str, Any]:
     templates = definition.get("templates")
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
         raise StudioError(f"{where}: 'templates' must be a list of strings with '{{}}' for the phrase")
+    for t in templates:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as exc:  # a lone '{' or '}'
+            raise StudioError(f"{where}: template {t!r} is malformed ({exc}); write '{{{{' for a literal brace") from None
+        if fields != [""]:
+            raise StudioError(f"{where}: template {t!r} must hold exactly one '{{}}' (the phrase) and no other field")
+    attribute = definition.get("attribute")
+    if attribute is not None and (not isinstance(attribute, dict) or
+                                  not all(isinstance(attribute.get(k), str) for k in ("name", "from", "to"))):
+        raise StudioError(f"{where}: 'attribute' must be a mapping with the text fields name, from and to")
     return definition

@@ -130,7 +130,9 @@ def conditional(v: Vector, others: list[Vector]) -> torch.Tensor:
     """Remove from v its components along others (InterFaceGAN's conditional manipulation)."""
     if not others:
         raise StudioError("conditioning needs at least one other vector")
-    check_same([v.space] + [o.space for o in others], "condition vectors")
+    for o in others:
+        if o.space != v.space:
+            raise SpaceMismatch(f"cannot condition a vector in {v.space} on one in {o.space}: they live in different spaces")
     basis: list[torch.Tensor] = []
     for o in others:  # Gram-Schmidt: project out the span, not each vector in turn
         u = o.tensor.double().flatten()

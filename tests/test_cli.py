@@ -116,6 +116,12 @@ def truncated_file(tmp_path):
     return path
 
 
+def png_file(tmp_path):
+    path = tmp_path / "picture.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(path)
+    return path
+
+
 def text_file(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("these are not tensors\n")
@@ -138,9 +144,19 @@ def text_file(tmp_path):
     (["sample", "--model", "tiny-sd", "--size", "30"], ["multiple of 8"]),
     (["sample", "--model", "tiny-gan", "-n", "0"], ["count must be between"]),
     (["sample", "--model", "tiny-gan", "--negative", "noto style"], ["unknown setting(s) negative_prompt for a GAN"]),
+    (["eval", "@a * 2", "--out", "x.jpg"], ["--out names a PNG file"]),
+    (["vectors", "apply", "a", "a", "--bogus"], ["No such option '--bogus'", "vectors apply --help"]),
+    (["latents", "ls", "--limit", "many"], ["'many' is not a valid integer", "latents ls --help"]),
+    (["vectors", "apply", "a", "a", "-s", "1_000"], ["expected comma-separated numbers"]),
+    (["invert", "PNG", "--model", "tiny-sd", "--steps", "0"], ["DDIM inversion takes 1 to 1000 steps, not 0"]),
+    (["invert", "PNG", "--model", "tiny-gan", "--category", "x"], ["tiny-gan is an unconditional GAN"]),
+    (["invert", "PNG", "--model", "tiny-gan", "--name", "a"], ["the name 'a' already refers to"]),
+    (["vectors", "discover", "--model", "tiny-gan", "--space", "text", "--prompts", "NOFILE"],
+     ["cannot read prompts from"]),
 ])
 def test_user_errors_exit_2_with_one_line_and_change_nothing(mixed_home, tmp_path, args, words):
-    files = {"NAN": nan_file, "CUT": truncated_file, "TEXT": text_file}
+    files = {"NAN": nan_file, "CUT": truncated_file, "TEXT": text_file, "PNG": png_file,
+             "NOFILE": lambda tmp: tmp / "missing.txt"}
     args = [str(files[a](tmp_path)) if a in files else a for a in args]
     before = library_state(mixed_home)
     result = studio(mixed_home, *args, code=2)

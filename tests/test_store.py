@@ -190,3 +190,176 @@ def test_a_second_derivation_of_stored_content_does_not_rewrite_its_lineage(sess
     assert lib.put(again, "a_again") == a
     assert lib.parents("a") == [] and lib.get("a").lineage.op == "sample"
     assert lib.record(a).names == ("a", "a_again")
+
+
+# ---- robustness: names shared by one object, descriptions, swapped files, hostile imports ----------
+
+
+def test_removing_one_of_several_names_keeps_the_object(session):
+    lib = session.library
+    object_id = lib.put(noise_latent(1), "cat", ["pets"])
+    assert lib.put(noise_latent(1), "cat_sweep-1") == object_id  # same content, a second name
+    assert lib.remove("@cat_sweep-1") == object_id
+    assert lib.exists(object_id) and lib.path_of(object_id).exists()
+    assert lib.record(object_id).names == ("cat",) and lib.record(object_id).tags == ("pets",)
+    assert torch.equal(lib.get("cat").tensor, noise_latent(1).tensor)
+    assert lib.remove("cat") == object_id  # the last name takes the object with it
+    assert len(lib) == 0 and not lib.path_of(object_id).exists()
+
+
+def test_removing_by_id_prefix_removes_an_object_with_several_names(session):
+    lib = session.library
+    object_id = lib.put(noise_latent(1), "a")
+    lib.name("a", "b")
+    assert lib.remove(object_id[:6]) == object_id
+    assert len(lib) == 0 and not lib.path_of(object_id).exists() and lib.names_of(object_id) == []
+
+
+def test_cli_rm_says_whether_a_name_or_the_object_went(home):
+    from click.testing import CliRunner
+
+    from studio.cli import main
+    lib = Library(home)
+    object_id = lib.put(noise_latent(1), "ecat")
+    lib.put(noise_latent(1), "ecat_tw-1")
+    lib.close()
+
+    def rm(ref):
+        result = CliRunner().invoke(main, ["--home", str(home), "latents", "rm", ref])
+        return result.exit_code, result.output
+
+    assert rm("ecat_tw-1") == (0, "removed the name ecat_tw-1 (the object stays: also named ecat)\n")
+    assert rm("ecat") == (0, f"removed {object_id[:12]}\n")
+
+
+def described(attribute: dict | None, method: str = "prompt-pair"):
+    v = vector(3)
+    v.method = method
+    v.meta = {"model": "test", "attribute": attribute} if attribute is not None else {}
+    return v
+
+
+STYLE = {"name": "style", "from": "noto", "to": "twemoji"}
+CATEGORY = {"name": "category", "from": "smileys", "to": "animals"}
+
+
+def test_a_vector_remade_with_another_attribute_or_method_is_refused(session):
+    lib = session.library
+    object_id = lib.put(described(STYLE), "noto_to_twemoji")
+    before = snapshot(lib)
+    with pytest.raises(StudioError) as err:
+        lib.put(described(CATEGORY), "smileys_to_animals")
+    assert str(err.value) == (
+        f"this vector is already stored as {object_id[:12]} (noto_to_twemoji) with method prompt-pair, "
+        "attribute style noto->twemoji, not method prompt-pair, attribute category smileys->animals; "
+        f"the same content keeps one description: remove it first (studio latents rm {object_id[:12]}) "
+        "to store it anew")
+    with pytest.raises(StudioError, match="with method prompt-pair, attribute style noto->twemoji, "
+                                          "not method mean-difference, attribute style"):
+        lib.put(described(STYLE, "mean-difference"), "other")
+    assert snapshot(lib) == before
+    assert lib.put(described(STYLE), "again") == object_id  # the same description: just another name
+    assert lib.record(object_id).names == ("again", "noto_to_twemoji")
+    assert lib.put(described(None, "mean-difference")) == object_id  # algebra results declare nothing
+
+
+def test_get_refuses_a_file_swapped_for_another_object(session):
+    lib = session.library
+    a, b = lib.put(noise_latent(1), "a"), lib.put(noise_latent(2), "b")
+    lib.path_of(b).write_bytes(lib.path_of(a).read_bytes())  # a valid file, but of the other object
+    message = f"object {b[:12]} is damaged: its file holds different content (run 'studio latents check')"
+    for read in (lib.get, lib.header):
+        with pytest.raises(StudioError) as err:
+            read("b")
+        assert str(err.value) == message
+    assert torch.equal(lib.get("a").tensor, noise_latent(1).tensor)
+
+
+def test_resolve_says_why_a_short_hex_key_is_no_reference(session):
+    object_id = session.library.put(noise_latent(1))
+    with pytest.raises(StudioError) as err:
+        session.library.resolve(object_id[:3])
+    assert str(err.value) == f"no stored object is named {object_id[:3]!r}; id prefixes need at least 4 digits"
+    with pytest.raises(StudioError) as err:
+        session.library.resolve("dog")
+    assert str(err.value) == "no stored object is named or has an id starting with 'dog' (see 'studio latents ls')"
+
+
+def with_header(obj, **changes) -> bytes:
+    """The file of ``obj`` with its Latent Studio header fields replaced (the id check still holds)."""
+    from safetensors.torch import save
+    good = formats.to_bytes(obj)
+    header = json.loads(formats.read_header(good)["latent-studio"])
+    header.update(changes)
+    tensors = formats.load_tensors(good)
+    return save(tensors, metadata={"latent-studio": json.dumps(header)})
+
+
+@pytest.mark.parametrize("data, message", [
+    (lambda: with_header(vector(3), meta=[1, 2]), "'meta' should be a mapping, not list"),
+    (lambda: with_header(vector(3), method=7), "'method' should be a string, not int"),
+    (lambda: with_header(generation(1), settings="fast"), "'settings' should be a mapping, not str"),
+    (lambda: with_header(generation(1), roles=[1]), "'roles' should be a mapping, not list"),
+    (lambda: with_header(generation(1), model=3), "'model' should be a string, not int"),
+    (lambda: with_header(noise_latent(1), lineage=["x"]), "'lineage' should be a mapping, not list"),
+])
+def test_imported_files_with_malformed_headers_give_one_error_and_store_nothing(session, tmp_path, data, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data())
+    before = snapshot(session.library)
+    with pytest.raises(StudioError) as err:
+        session.import_file(path)
+    assert str(err.value) == f"{path}: malformed Latent Studio header: {message}"
+    assert snapshot(session.library) == before
+
+
+def test_a_header_that_is_not_a_mapping_is_unreadable(session, tmp_path):
+    from safetensors.torch import save
+    path = tmp_path / "listhdr.safetensors"
+    path.write_bytes(save({"tensor": torch.zeros(2)}, metadata={"latent-studio": "[1, 2, 3]"}))
+    before = snapshot(session.library)
+    with pytest.raises(StudioError) as err:
+        session.import_file(path)
+    assert str(err.value) == f"{path} has an unreadable Latent Studio header"
+    assert snapshot(session.library) == before
+
+
+@pytest.mark.parametrize("readable", ["{not json", "[1, 2]"])
+def test_a_png_whose_readable_recipe_is_damaged_still_gives_its_generation(session, tmp_path, readable):
+    import base64
+
+    from PIL import Image, PngImagePlugin
+    gen = generation(1)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(formats.PNG_KEY, readable)
+    info.add_text(formats.PNG_DATA_KEY, base64.b64encode(formats.to_bytes(gen)).decode("ascii"), zip=True)
+    path = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(path, format="PNG", pnginfo=info)
+    back, recipe = formats.read_png(path)
+    assert back.id == gen.id and recipe == {}
+    (stored,) = session.import_file(path)
+    assert stored.id == gen.id and session.library.exists(gen.id)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 8, 8), (1, 4, 0, 0), (1, 0, 8, 8)])
+def test_comfy_latents_without_values_are_refused(session, tmp_path, shape):
+    from safetensors.torch import save
+    path = tmp_path / "empty.latent"
+    path.write_bytes(save({formats.COMFY_KEY: torch.zeros(shape), formats.COMFY_MARKER: torch.tensor([])}))
+    before = snapshot(session.library)
+    with pytest.raises(StudioError) as err:
+        session.import_file(path, model="tiny-sd")
+    assert str(err.value) == f"{path} holds no latent values (shape {shape}); nothing to import"
+    assert snapshot(session.library) == before
+
+
+def test_a_comfy_latent_cannot_go_into_a_model_without_a_vae(session, tmp_path):
+    path = tmp_path / "enc.latent"
+    space = Space("vae", "vae-test0001", (4, 8, 8))
+    path.write_bytes(formats.to_comfy(Latent(torch.randn(4, 8, 8), space, {"scale": "unscaled"})))
+    before = snapshot(session.library)
+    with pytest.raises(StudioError) as err:
+        session.import_file(path, model="tiny-gan")
+    assert str(err.value) == ("model tiny-gan has no VAE space, so a ComfyUI .latent cannot be imported into it; "
+                              "name a diffusion model with --model")
+    assert snapshot(session.library) == before

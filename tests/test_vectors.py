@@ -255,3 +255,77 @@ def test_gan_projection_gets_closer_than_its_starting_point(tmp_path):
     after = psnr(a, np.asarray(adapter.render([fitted])[0]))
     assert after > before + 1.0, (before, after)
     assert fitted.lineage.op == "gan-project" and fitted.meta["projection_loss"] < start.meta["projection_loss"]
+
+
+def test_a_sweep_that_fails_half_way_stores_nothing(tiny):
+    """Every edit of a sweep is computed and every name checked before the first is stored."""
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    before = len(tiny.library)
+    tiny.library.name("day_to_night", "sweep-2")  # the second result's name is taken
+    with pytest.raises(StudioError, match="the name 'sweep-2' already refers to"):
+        tiny.vectors.apply("scene", "day_to_night", [0.5, 1.0, 1.5], name="sweep")
+    with pytest.raises(StudioError, match="strength 5000.0 is not a number between -1000 and 1000"):
+        tiny.vectors.apply("scene", "day_to_night", [0.5, 5000.0], name="big")
+    with pytest.raises(StudioError, match="at most 64"):
+        tiny.vectors.apply("scene", "day_to_night", [0.1] * 65)
+    with pytest.raises(StudioError, match=r"SDEdit strength must be a number in \(0, 1\]"):
+        tiny.vectors.apply("scene", "day_to_night", [1.0], mode="sdedit", sdedit_strength=1.5)
+    assert len(tiny.library) == before and tiny.library.name_owner("sweep-1") is None
+
+
+def test_zero_directions_are_refused(tiny):
+    tiny.sample("tiny-sd", "a dog", 30, count=2, name="zdog", steps=2)
+    dogs = ["zdog-1", "zdog-2"]
+    with pytest.raises(StudioError, match="the two sets have the same mean.*zero vector"):
+        tiny.vectors.from_sets(dogs, dogs)
+    tiny.vectors.from_prompts(DAY_TO_NIGHT, "tiny-sd")
+    with pytest.raises(StudioError, match="day_to_night without its components along day_to_night is a zero"):
+        tiny.vectors.condition("day_to_night", ["day_to_night"])
+    with pytest.raises(StudioError, match="normalize's norm must be positive"):
+        tiny.evaluate("normalize(@day_to_night, 0)")
+
+
+def test_hspace_edits_check_the_target_and_reach_sdedit_renders(tiny, tmp_path):
+    from studio.scoring import score_vector
+
+    tiny.sample("tiny-sd", "a dog", 40, count=2, name="hdog", steps=6)
+    tiny.sample("tiny-sd", "a cat", 50, count=2, name="hcat", steps=6)
+    hv = tiny.vectors.from_sets(["hdog-1", "hdog-2"], ["hcat-1", "hcat-2"], role="hspace", name="hstyle",
+                                attribute={"name": "style", "from": "noto", "to": "twemoji"}, hspace_steps=3)
+    with pytest.raises(StudioError, match="hspace steps must be a whole number from 1 to 1000, not 0"):
+        tiny.vectors.from_sets(["hdog-1", "hdog-2"], ["hcat-1", "hcat-2"], role="hspace", hspace_steps=0)
+    tiny.sample("tiny-gan", "", 1, name="hgan")
+    with pytest.raises(StudioError, match="h-space vectors edit diffusion generations; the target is a "
+                                          "generation of tiny-gan"):
+        tiny.vectors.apply("hgan", "hstyle", [1.0], mode="hspace")
+    tiny.sample("tiny-sd", "a dog", 60, name="hwide", steps=6, height=64, width=96)
+    with pytest.raises(SpaceMismatch, match="this generation's UNet bottleneck is hspace"):
+        tiny.vectors.apply("hwide", "hstyle", [1.0], mode="hspace")
+    # SDEdit renders apply the h-space shift too (they used to drop it): strength 0 and 50 differ
+    result = score_vector(tiny, hv.name, [0.0, 50.0], n=2, sdedit=1.0)
+    assert result["rows"][1]["pixel_change"] > result["rows"][0]["pixel_change"] + 0.01
+
+
+def test_bad_vector_definitions_and_discovery_options_are_one_clear_error(tiny, tmp_path):
+    from studio.vectorlab import load_definition
+
+    base = {"from": "day", "to": "night"}
+    for templates, words in ((["{} and {}"], "exactly one '{}'"), (["x {} {foo}"], "exactly one '{}'"),
+                             (["a { b {}"], "malformed")):
+        with pytest.raises(StudioError, match=words):
+            load_definition({**base, "templates": templates})
+    with pytest.raises(StudioError, match="'attribute' must be a mapping"):
+        load_definition({**base, "templates": ["{}"], "attribute": "night"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("from: [day\nto: night\n")
+    with pytest.raises(StudioError, match=r"^cannot read .*bad.yaml: .*\(line \d+, column \d+\)$"):
+        load_definition(bad)
+    taken = tiny.library.put(vector(7), "pc1")
+    before = len(tiny.library)
+    with pytest.raises(StudioError, match=f"the name 'pc1' already refers to {taken[:12]}"):
+        tiny.vectors.discover("tiny-gan", "w", k=3, samples=20, prefix="pc")
+    with pytest.raises(StudioError, match="k must be a whole number of directions from 1 to 64, not 0"):
+        tiny.vectors.discover("tiny-gan", "w", k=0)
+    with pytest.raises(StudioError, match="model tiny-gan has no text encoder"):
+        tiny.vectors.discover("tiny-gan", "text", k=2, prompts=["a", "b", "c"])
+    assert len(tiny.library) == before
