@@ -238,3 +238,54 @@ def test_load_recipe_reads_text_and_checks_it(studio, tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(gr.Error, match="not a text file"):
         studio.load_recipe(str(binary))
+
+
+def test_prompt_pair_discovery_and_conditioning_from_the_ui(studio):
+    import torch
+
+    assert "day_to_night" in studio.definitions()
+    fields = studio.definition_fields("day_to_night")
+    assert fields[:2] == ("in broad daylight", "at night") and fields[2].count("{}") == 6
+    assert fields[3] == "time of day:day:night" and fields[4] == "day_to_night"
+    v = studio.prompt_vector("tiny-sd", *fields, progress=None)
+    assert v["kind"] == "vector" and v["label"] == "day_to_night" and v["space"].startswith("text[")
+    adapter = studio.session.adapter("tiny-sd")
+    templates = fields[2].splitlines()
+    expected = (adapter.encode_text([t.format("at night") for t in templates]).double()
+                - adapter.encode_text([t.format("in broad daylight") for t in templates]).double()).mean(0).float()
+    assert torch.allclose(studio.session.get("day_to_night").tensor, expected, atol=1e-6)
+    with pytest.raises(gr.Error, match="must hold exactly one"):
+        studio.prompt_vector("tiny-sd", "a", "b", "{} and {}", "", None, progress=None)
+    with pytest.raises(gr.Error, match="unknown definition 'nope'"):
+        studio.definition_fields("nope")
+
+    rows = studio.discover_vectors("tiny-gan", "w", 3, "ui_pc", "", progress=None)
+    assert [r[0] for r in rows] == ["ui_pc0", "ui_pc1", "ui_pc2"] and rows[0][2] >= rows[1][2] >= rows[2][2] > 0
+    text_rows = studio.discover_vectors("tiny-sd", "text", 2, None, "", progress=None)  # the emoji prompts
+    assert len(text_rows) == 2 and studio.session.get(text_rows[0][1]).meta["samples"] == 36
+    with pytest.raises(gr.Error, match="has no text encoder"):
+        studio.discover_vectors("tiny-gan", "text", 2, None, "a\nb\nc", progress=None)
+
+    cond = studio.condition_vector("ui_pc0", ["ui_pc1"], "ui_pc0_only")
+    assert cond["label"] == "ui_pc0_only" and len(cond["cosine_before"]) == 1
+    c, other = studio.session.get("ui_pc0_only"), studio.session.get("ui_pc1")
+    assert abs(torch.dot(c.tensor.double(), other.tensor.double()).item()) < 1e-6 * other.tensor.norm().item()
+    with pytest.raises(gr.Error, match="zero vector"):
+        studio.condition_vector("ui_pc0", ["ui_pc0"], None)
+
+
+def test_invert_an_uploaded_picture_then_edit_it(studio, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    picture = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 64, 3), 180, np.uint8)).save(picture)
+    info, rendered, line = studio.invert_upload(str(picture), "tiny-sd", "", 4, "inverted", progress=None)
+    assert info["label"] == "inverted" and info["kind"] == "generation" and Path(rendered).is_file()
+    gen, _ = formats.read_png(rendered)
+    assert gen.id == info["id"] and gen.lineage.params["file"] == "flat.png"
+    assert line.startswith("Stored **inverted**: it re-renders the picture at") and " dB PSNR" in line
+    with pytest.raises(gr.Error, match="upload a picture first"):
+        studio.invert_upload(None, "tiny-sd", progress=None)
+    with pytest.raises(gr.Error, match="the name 'inverted' already refers to"):
+        studio.invert_upload(str(picture), "tiny-sd", "", 4, "inverted", progress=None)

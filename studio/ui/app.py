@@ -2,7 +2,8 @@
 
 Every user-facing event has an ``api_name``, so ``gradio_client`` scripts drive the same
 handlers as the page: generate, name_item, library, details, rerender, export, delete,
-import_file, encode_image, interpolate, store_frame, build_vector, apply_vector,
+import_file, encode_image, invert_image, interpolate, store_frame, build_vector, prompt_vector,
+discover_vectors, condition_vector, apply_vector, score_vector,
 check_expression, render_expression, load_recipe, save_recipe, render_recipe.
 """
 
@@ -154,6 +155,22 @@ def build(studio: Studio) -> gr.Blocks:
                                 enc_name = gr.Textbox(label="Name", placeholder="optional")
                                 enc_btn = gr.Button("Encode", elem_id="enc-btn")
                             enc_info = gr.JSON(label="Stored latent")
+                        with gr.Column():
+                            inv_image = gr.Image(type="filepath", label="A picture to invert (to edit it)",
+                                                 height=200, elem_id="inv-image")
+                            with gr.Row():
+                                inv_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
+                                                        allow_custom_value=True)
+                                inv_name = gr.Textbox(label="Name", placeholder="optional", elem_id="inv-name")
+                            with gr.Row():
+                                inv_prompt = gr.Textbox(label="Prompt (diffusion)", placeholder="optional")
+                                inv_steps = gr.Number(0, precision=0, label="Steps", minimum=0,
+                                                      info="0: 100 DDIM / 300 GAN")
+                                inv_btn = gr.Button("Invert", elem_id="inv-btn")
+                            inv_line = gr.Markdown(elem_id="inv-line")
+                            inv_picture = gr.Image(label="Re-rendered", height=160, interactive=False,
+                                                   elem_id="inv-picture")
+                            inv_info = gr.JSON(label="Stored generation")
 
             # ---------------------------------------------------------------- Interpolate
             with gr.Tab("Interpolate", id="interpolate", elem_id="tab-interpolate") as tab_interp:
@@ -196,6 +213,49 @@ def build(studio: Studio) -> gr.Blocks:
                                           scale=2, elem_id="vec-attr")
                     build_btn = gr.Button("Build vector", scale=1, elem_id="build-btn")
                 vec_info = gr.JSON(label="Vector", max_height=150, elem_id="vec-info")
+                with gr.Accordion("More ways to make a vector: prompt pair, discovery, conditioning", open=False):
+                    gr.Markdown("**Prompt pair** (text-conditioned models): the mean text-embedding difference "
+                                "of the templates filled with the two phrases.", elem_classes="ls-hint")
+                    with gr.Row(equal_height=True):
+                        pp_def = gr.Dropdown(studio.definitions(), value=None, label="Start from",
+                                             info="prompts/vectors/", scale=1, elem_id="pp-def")
+                        pp_from = gr.Textbox(label="From phrase", placeholder="day", scale=1, elem_id="pp-from")
+                        pp_to = gr.Textbox(label="To phrase", placeholder="night", scale=1, elem_id="pp-to")
+                        pp_templates = gr.Textbox(label="Templates, one per line ({} = the phrase)", lines=3,
+                                                  placeholder="a photo of a street at {}", scale=3,
+                                                  elem_id="pp-templates")
+                    with gr.Row(equal_height=True):
+                        pp_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
+                                               allow_custom_value=True, scale=2)
+                        pp_attr = gr.Textbox(label="Attribute (for scoring)", placeholder="style:noto:twemoji",
+                                             scale=2, elem_id="pp-attr")
+                        pp_name = gr.Textbox(label="Vector name", placeholder="day_to_night", scale=2,
+                                             elem_id="pp-name")
+                        pp_btn = gr.Button("Build from prompts", scale=1, elem_id="pp-btn")
+                    gr.Markdown("**Discover** (GANSpace): principal directions of sampled w, or of the "
+                                "embeddings of prompts, with the share of variance each explains; name the "
+                                "ones that do something.", elem_classes="ls-hint")
+                    with gr.Row(equal_height=True):
+                        pc_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
+                                               allow_custom_value=True, scale=2)
+                        pc_space = gr.Radio(["w", "text"], value="text" if diffusion else "w", label="Space",
+                                            scale=1)
+                        pc_k = gr.Slider(1, 16, value=6, step=1, label="Directions", scale=2)
+                        pc_prefix = gr.Textbox(label="Name prefix", placeholder="pc", scale=1, elem_id="pc-prefix")
+                        pc_btn = gr.Button("Discover", scale=1, elem_id="pc-btn")
+                    pc_prompts = gr.Textbox(label="Prompts for text space, one per line", lines=2,
+                                            placeholder="empty: the emoji prompts of prompts/emoji_prompts.txt")
+                    pc_table = gr.Dataframe(headers=["vector", "id", "explained variance %"], interactive=False,
+                                            label="Directions", max_height=200, elem_id="pc-table")
+                    gr.Markdown("**Condition** (InterFaceGAN): remove from a vector its components along "
+                                "others, so an edit spares what they change.", elem_classes="ls-hint")
+                    with gr.Row(equal_height=True):
+                        cond_vec = gr.Dropdown([], label="Vector", allow_custom_value=True, scale=2,
+                                               elem_id="cond-vec")
+                        cond_on = gr.Dropdown([], multiselect=True, allow_custom_value=True,
+                                              label="Without its components along", scale=3, elem_id="cond-on")
+                        cond_name = gr.Textbox(label="Name", placeholder="style_only", scale=2, elem_id="cond-name")
+                        cond_btn = gr.Button("Condition", scale=1, elem_id="cond-btn")
                 with gr.Row():
                     vector = gr.Dropdown([], label="Vector", allow_custom_value=True, scale=2, elem_id="vector")
                     targets = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Apply to",
@@ -286,9 +346,9 @@ def build(studio: Studio) -> gr.Blocks:
                     gr.update(choices=c["sources"]), gr.update(choices=c["vectors"]),
                     gr.update(choices=c["generations"]), gr.update(choices=c["names"]),
                     gr.update(choices=[""] + c["models"]), gr.update(choices=[""] + c["tags"]),
-                    studio.title(model_spec))
+                    studio.title(model_spec), gr.update(choices=c["vectors"]), gr.update(choices=c["vectors"]))
 
-        pickers = [keys, set_a, set_b, vector, targets, names, f_model, f_tag, title]
+        pickers = [keys, set_a, set_b, vector, targets, names, f_model, f_tag, title, cond_vec, cond_on]
 
         def on_model(model: str, current: str, progress=gr.Progress()) -> tuple:
             """Show the controls of the picked model; if it cannot load, say why and go back to the last one."""
@@ -368,10 +428,16 @@ def build(studio: Studio) -> gr.Blocks:
             lambda: (gr.update(visible=False), None, [], None), None, [confirm_row, meta, parents, preview],
             **private).then(studio.library_view, lib_inputs, lib_outputs, **private).then(
             studio.title, model, title, **quiet)
+        # what an upload stored shows up in the library at once
         up_btn.click(studio.import_upload, [up_file, up_name, model], [up_info, up_recipe, preview],
-                     api_name="import_file").then(studio.title, model, title, **quiet)
+                     api_name="import_file").then(studio.title, model, title, **quiet).then(
+            studio.library_view, lib_inputs, lib_outputs, **private)
         enc_btn.click(studio.encode_upload, [enc_image, enc_model, enc_name], enc_info, api_name="encode_image"
-                      ).then(studio.title, model, title, **quiet)
+                      ).then(studio.title, model, title, **quiet).then(
+            studio.library_view, lib_inputs, lib_outputs, **private)
+        inv_btn.click(studio.invert_upload, [inv_image, inv_model, inv_prompt, inv_steps, inv_name],
+                      [inv_info, inv_picture, inv_line], api_name="invert_image").then(
+            studio.title, model, title, **quiet).then(studio.library_view, lib_inputs, lib_outputs, **private)
 
         # Interpolate
         interp.click(studio.interpolate, [keys, frames, method, easing, fps], [strip, gif, mp4, plan],
@@ -397,6 +463,13 @@ def build(studio: Studio) -> gr.Blocks:
                                               applied_name], [applied, sweep, applied_info],
                         api_name="apply_vector", scroll_to_output=True).then(studio.title, model, title, **quiet)
 
+        pp_def.input(studio.definition_fields, pp_def, [pp_from, pp_to, pp_templates, pp_attr, pp_name], **private)
+        pp_btn.click(studio.prompt_vector, [pp_model, pp_from, pp_to, pp_templates, pp_attr, pp_name], vec_info,
+                     api_name="prompt_vector").then(refresh, model, pickers, **quiet)
+        pc_btn.click(studio.discover_vectors, [pc_model, pc_space, pc_k, pc_prefix, pc_prompts], pc_table,
+                     api_name="discover_vectors").then(refresh, model, pickers, **quiet)
+        cond_btn.click(studio.condition_vector, [cond_vec, cond_on, cond_name], vec_info,
+                       api_name="condition_vector").then(refresh, model, pickers, **quiet)
         score_btn.click(studio.score_vector, [vector, score_strengths, score_n, score_seed, score_sdedit, score_psi],
                         [score_plot, score_strip, score_table], api_name="score_vector")
 

@@ -45,6 +45,8 @@ EASINGS = {
     "ease-in-out": lambda t: (1 - math.cos(math.pi * t)) / 2,  # cosine: slow at every keyframe
 }
 METHODS = ("slerp", "lerp")
+DEFINITIONS = Path(__file__).resolve().parents[2] / "prompts" / "vectors"  # prompt-pair vector definitions
+MAX_PROMPTS = 2000  # prompts per text-space discovery
 SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}$")
 
 
@@ -119,6 +121,16 @@ def refs_of(value: Any, what: str) -> list[str]:
 def md_escape(text: str) -> str:
     """Text shown inside Markdown as written (space names like ``noise[...](4x8x8)`` are not links)."""
     return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", text)
+
+
+def parse_attribute(text: Any) -> dict[str, str] | None:
+    """NAME:FROM:TO (e.g. style:noto:twemoji) -> {"name", "from", "to"}; empty -> None."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) != 3 or not all(parts):
+        raise StudioError(f"attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {text!r}")
+    return dict(zip(("name", "from", "to"), parts))
 
 
 def optional_name(name: Any) -> str | None:
@@ -460,6 +472,36 @@ class Studio:
                 stored = self.session.encode_image(path, spec, optional_name(name))
         return self._summary(stored)
 
+    @shows_errors
+    def invert_upload(self, path: str | None, model: str | None = None, prompt: str | None = "",
+                      steps: Any = None, name: str | None = None, progress: Any = gr.Progress()
+                      ) -> tuple[dict[str, Any], str, str]:
+        """Invert an uploaded picture into a stored generation (DDIM inversion, or GAN projection into w),
+        so vectors can edit it; returns (its summary, the re-rendered picture, a PSNR line)."""
+        import numpy as np
+
+        from studio.scoring import psnr
+        from studio.session import open_image
+
+        if not path:
+            raise StudioError("upload a picture first")
+        steps = None if steps in (None, "", 0) else whole(steps, "steps", 1, 10_000)
+        spec = self._model(model)
+        with self.using(spec, progress):
+            self._loaded(spec, progress)
+            if progress is not None:
+                progress(0, desc=f"inverting with {spec}")
+            with self._library:
+                stored = self.session.invert(path, spec, str(prompt or ""), steps, optional_name(name))
+            (picture,) = self.session.render_to([stored], self._out_dir("inversions"),
+                                                step_callback(progress, "re-rendering"))
+        rendered = open_image(picture)
+        original = open_image(path).resize(rendered.size, Image.LANCZOS)
+        score = psnr(np.asarray(original), np.asarray(rendered))
+        line = (f"Stored **{stored.label}**: it re-renders the picture at {score:.2f} dB PSNR. "
+                f"Apply a vector to it in the Attributes tab.")
+        return self._summary(stored), str(picture), line
+
     # ---- Interpolate ----
 
     @staticmethod
@@ -554,18 +596,82 @@ class Studio:
         """
         a, b = refs_of(set_a, "set A"), refs_of(set_b, "set B")
         role = None if role in (None, "", "default", "latent") else role
-        what = None
-        if attribute and attribute.strip():
-            parts = [p.strip() for p in attribute.split(":")]
-            if len(parts) != 3 or not all(parts):
-                raise StudioError(f"attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {attribute!r}")
-            what = dict(zip(("name", "from", "to"), parts))
+        what = parse_attribute(attribute)
         with self._library:
             models = {self.session.library.record(r).model for r in a + b} - {None}
         with self.using(models if role == "hspace" else [], progress), self._library:
             stored = self._vectors().from_sets(a, b, method=method, role=role, name=optional_name(name),
                                                attribute=what)
         return self._summary(stored)
+
+    @staticmethod
+    def definitions() -> list[str]:
+        """The prompt-pair definitions shipped in prompts/vectors/ (file stems)."""
+        return sorted(p.stem for p in DEFINITIONS.glob("*.yaml")) if DEFINITIONS.is_dir() else []
+
+    @shows_errors
+    def definition_fields(self, definition: str | None) -> tuple[str, str, str, str, str]:
+        """A shipped definition as the form's fields: from, to, templates (one per line), attribute, name."""
+        from studio.vectorlab import load_definition
+
+        if not isinstance(definition, str) or definition not in self.definitions():
+            raise StudioError(f"unknown definition {definition!r}; choose one of: {', '.join(self.definitions())}")
+        spec = load_definition(DEFINITIONS / f"{definition}.yaml")
+        a = spec.get("attribute") or {}
+        attribute = f"{a['name']}:{a['from']}:{a['to']}" if a else ""
+        return spec["from"], spec["to"], "\n".join(spec["templates"]), attribute, str(spec.get("name") or definition)
+
+    @shows_errors
+    def prompt_vector(self, model: str | None, from_phrase: str | None, to_phrase: str | None,
+                      templates: str | None, attribute: str | None = None, name: str | None = None,
+                      progress: Any = gr.Progress()) -> dict[str, Any]:
+        """A text-space vector: the mean embedding difference of the templates filled with the two phrases."""
+        lines = [t.strip() for t in str(templates or "").splitlines() if t.strip()]
+        definition: dict[str, Any] = {"from": from_phrase or "", "to": to_phrase or "", "templates": lines}
+        if (what := parse_attribute(attribute)) is not None:
+            definition["attribute"] = what
+        spec = self._model(model)
+        with self.using(spec, progress):
+            self._loaded(spec, progress)
+            with self._library:
+                stored = self._vectors().from_prompts(definition, spec, optional_name(name))
+        return self._summary(stored)
+
+    @shows_errors
+    def discover_vectors(self, model: str | None, space: str = "w", k: Any = 6, prefix: str | None = None,
+                         prompts: str | None = None, progress: Any = gr.Progress()) -> list[list[Any]]:
+        """Principal directions (GANSpace) of sampled w, or of the embeddings of ``prompts`` (one per line;
+        empty: the emoji prompts of prompts/emoji_prompts.txt); stored (as PREFIX0, PREFIX1, ... when a
+        prefix is given); one row per direction."""
+        k = whole(k, "k", 1, 64)
+        lines = [t.strip() for t in str(prompts or "").splitlines() if t.strip()]
+        if space == "text" and not lines:
+            from studio.scoring import emoji_prompts
+
+            lines = emoji_prompts()
+        if len(lines) > MAX_PROMPTS:
+            raise StudioError(f"{len(lines)} prompts; at most {MAX_PROMPTS}")
+        spec = self._model(model)
+        with self.using(spec, progress):
+            self._loaded(spec, progress)
+            with self._library:
+                rows = self._vectors().discover(spec, space, k, prefix=optional_name(prefix),
+                                                prompts=lines or None)
+        return [[s.label, s.id, round(100 * ratio, 2)] for s, ratio in rows]
+
+    @shows_errors
+    def condition_vector(self, vector: str | None, others: Any, name: str | None = None) -> dict[str, Any]:
+        """VECTOR without its components along ``others`` (InterFaceGAN's conditional manipulation); stored."""
+        if not isinstance(vector, str) or not vector.strip():
+            raise StudioError("pick the vector to condition")
+        on = refs_of(others, "directions to remove")
+        if not on:
+            raise StudioError("pick at least one direction to remove")
+        with self._library:
+            stored = self._vectors().condition(vector.strip(), on, optional_name(name))
+            out = self._summary(stored)
+            out["cosine_before"] = stored.obj.meta.get("cosine_before")
+        return out
 
     @staticmethod
     def can_score() -> bool:
