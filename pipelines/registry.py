@@ -8,6 +8,7 @@ from pathlib import Path
 from pipelines.base import PipelineAdapter
 from studio.errors import StudioError
 
+MAX_SPEC = 1024  # characters: longer than any folder path or hub id
 EMBEDDED = Path(__file__).parent / "embedded"  # where the shipped emoji models live
 BUILTIN = {
     "emoji-diffusion": "small text-to-image diffusion model trained on openly licensed emoji art (embedded)",
@@ -100,8 +101,16 @@ def load_adapter(
                 f"the embedded weights of {spec!r} are not installed (expected the folder {folder})"
             )
         return _load_folder(folder, spec, device, dtype)
+    if not isinstance(spec, str) or not spec.strip() or len(spec) > MAX_SPEC:
+        shown = spec if not isinstance(spec, str) or len(spec) <= 60 else spec[:57] + "..."
+        raise StudioError(f"{shown!r} is not a model spec: give a built-in name, a folder, a checkpoint file "
+                          f"or a hub id (at most {MAX_SPEC} characters)")
     path = Path(spec).expanduser()
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a path component longer than the file system allows
+        raise StudioError(f"model spec {spec[:60]!r}... is not a usable path: {exc.strerror}") from None
+    if is_dir:
         return _load_folder(path, spec, device, dtype)
     if path.suffix in (".safetensors", ".ckpt"):
         if not path.is_file():

@@ -24,6 +24,9 @@ Value = float | Latent | Vector | Generation
 # without one behaves as if it held zeros, so adding such a vector creates the role.
 DELTA_KINDS = ("hspace",)
 
+# Interpolation weights beyond this extrapolate so far that nothing recognisable is left.
+MAX_T = 1e6
+
 
 def describe(x: Value) -> str:
     """A short phrase for error messages: 'a number', 'latent in noise[...]'..."""
@@ -149,6 +152,8 @@ def neg(x: Value) -> Value:
 
 def _interp(name: str, tensor_fn: Callable, a: Value, b: Value, t: Value) -> Value:
     t = _number(t, f"{name}'s t")
+    if abs(t) > MAX_T:  # torch refuses a weight beyond float32's range with an overflow error
+        raise StudioError(f"{name}'s t must be between {-MAX_T:g} and {MAX_T:g}, got {t:g}")
     if isinstance(a, Generation) and isinstance(b, Generation):
         def per_role(role: str, xs: list[Latent]) -> Latent:
             fn = tensor_fn if (tensor_fn is not ops.slerp or xs[0].space.gaussian) else ops.lerp

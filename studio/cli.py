@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from studio.errors import StudioError
+from studio.objects import Generation, Vector
 from studio.session import DEFAULT_MODEL, Session, Stored
 
 
@@ -142,6 +143,8 @@ def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negativ
                                   "truncation": truncation, "space": space, "category": category,
                                   "style": style}.items() if v is not None}
     session = _session(ctx)
+    if out:  # before anything is stored
+        _make_folder(out)
     items = session.sample(model, prompt, seed, count, name, tags, **settings)
     paths = None
     if out:
@@ -176,6 +179,10 @@ def eval_(ctx, expression, name, tags, out, as_json):
         if out.suffix.lower() != ".png":
             raise StudioError(f"--out names a PNG file; got {out}")
         _make_folder(out.parent)
+        result = session.evaluate(expression, store=False).obj
+        if not isinstance(result, Generation):  # known before storing: nothing is stored for a bad --out
+            what = "a vector" if isinstance(result, Vector) else f"a lone {result.space.kind} latent"
+            raise StudioError(f"--out renders a generation; '{expression}' gives {what}, which has no picture")
     stored = session.evaluate(expression, name=name, tags=tags)
     paths = None
     if out:
@@ -205,7 +212,8 @@ def encode(ctx, image, model, name, as_json):
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Folder for the PNGs.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Generations per model call.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Generations per model call.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def render(ctx, targets, out, batch, as_json):
@@ -253,7 +261,7 @@ def latents():
 @click.option("--model", default=None, help="Only objects of this model spec.")
 @click.option("--space", default=None, help="Only objects whose space contains this text (e.g. gan-w).")
 @click.option("--search", "text", default=None, help="Text to find in names, prompts, expressions or ids.")
-@click.option("--limit", type=int, default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many (newest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def latents_ls(ctx, kind, tag, model, space, text, limit, as_json):

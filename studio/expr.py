@@ -206,7 +206,29 @@ class _Parser:
                     continue
                 break
         self.expect(")")
-        return Call(name.pos, name.text, tuple(args), tuple(kwargs))
+        node = Call(name.pos, name.text, tuple(args), tuple(kwargs))
+        self.check_arguments(node)
+        return node
+
+    def check_arguments(self, node: Call) -> None:
+        """Keyword names and the argument count: known from the text, so checked before any lookup."""
+        f = algebra.FUNCTIONS[node.fn]
+        sig = f.signature(node.fn)
+        count = len(node.args)
+        for key, value_node in node.kwargs:
+            if key not in f.params or f.variadic:
+                raise ExpressionError(f"{sig} has no parameter {key!r}", self.source, value_node.pos)
+            index = f.params.index(key)
+            if index < count:
+                raise ExpressionError(f"{sig} got {key!r} twice", self.source, value_node.pos)
+            if count < index:
+                raise ExpressionError(f"{sig}: give the parameters before {key!r} first", self.source, value_node.pos)
+            count += 1
+        lo = 1 if f.variadic else len(f.params) - f.optional
+        hi = None if f.variadic else len(f.params)
+        if count < lo or (hi is not None and count > hi):
+            raise ExpressionError(f"{sig} takes {lo if lo == hi else f'{lo} to {hi}' if hi else f'at least {lo}'} "
+                                  f"argument(s), got {count}", self.source, node.pos)
 
 
 def parse(source: str) -> Node:
@@ -261,9 +283,24 @@ class Evaluator:
         return ExpressionError(message, self.source, node.pos)
 
     def eval(self, node: Node) -> algebra.Value:
-        return self._eval(node)
+        """The value of the tree, computed bottom-up with an explicit stack rather than recursion:
+        a long chain such as ``@a + @a + ... + @a`` parses into a tree thousands of levels deep."""
+        todo: list[tuple[Node, bool]] = [(node, False)]  # (node, its children are evaluated)
+        values: list[algebra.Value] = []  # the children's values, in order, on top
+        while todo:
+            n, ready = todo.pop()
+            children = _children(n)
+            if children and not ready:
+                todo.append((n, True))
+                todo.extend((c, False) for c in reversed(children))
+                continue
+            args = values[len(values) - len(children):]
+            del values[len(values) - len(children):]
+            values.append(self._apply(n, args))
+        return values[0]
 
-    def _eval(self, node: Node) -> algebra.Value:
+    def _apply(self, node: Node, args: list[algebra.Value]) -> algebra.Value:
+        """One node, given its children's values (positional arguments first, then keyword ones)."""
         if isinstance(node, Num):
             return node.value
         if isinstance(node, Ref):
@@ -279,11 +316,11 @@ class Evaluator:
                 raise self.fail(f"unknown variable {node.name!r}; stored objects are written @{node.name}{hint}", node)
             return float(self.bindings[node.name])
         if isinstance(node, Neg):
-            return self._at(node, algebra.neg, self._eval(node.operand))
+            return self._at(node, algebra.neg, *args)
         if isinstance(node, BinOp):
-            return self._at(node, _BINOPS[node.op], self._eval(node.left), self._eval(node.right))
-        if isinstance(node, Call):
-            return self._call(node)
+            return self._at(node, _BINOPS[node.op], *args)
+        if isinstance(node, Call):  # the parser checked the argument names and count
+            return self._at(node, algebra.FUNCTIONS[node.fn].fn, *args)
         raise self.fail("cannot evaluate this", node)
 
     def _at(self, node: Node, fn: Callable, *args) -> algebra.Value:
@@ -294,26 +331,6 @@ class Evaluator:
             raise
         except StudioError as exc:
             raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
-
-    def _call(self, node: Call) -> algebra.Value:
-        f = algebra.FUNCTIONS[node.fn]
-        sig = f.signature(node.fn)
-        args = [self._eval(a) for a in node.args]
-        for key, value_node in node.kwargs:
-            if key not in f.params or f.variadic:
-                raise self.fail(f"{sig} has no parameter {key!r}", value_node)
-            index = f.params.index(key)
-            if index < len(args):
-                raise self.fail(f"{sig} got {key!r} twice", value_node)
-            if len(args) < index:
-                raise self.fail(f"{sig}: give the parameters before {key!r} first", value_node)
-            args.append(self._eval(value_node))
-        lo = 1 if f.variadic else len(f.params) - f.optional
-        hi = None if f.variadic else len(f.params)
-        if len(args) < lo or (hi is not None and len(args) > hi):
-            raise self.fail(f"{sig} takes {lo if lo == hi else f'{lo} to {hi}' if hi else f'at least {lo}'} "
-                            f"argument(s), got {len(args)}", node)
-        return self._at(node, f.fn, *args)
 
 
 def lineage_of(node: Node, source: str, parent_ids: list[str], evaluated_params: dict | None = None) -> Lineage:

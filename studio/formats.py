@@ -192,8 +192,12 @@ def save_png(image: Image.Image, path: Path, generation: Generation, recipe: dic
     info.add_text(PNG_DATA_KEY, base64.b64encode(to_bytes(generation)).decode("ascii"), zip=True)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)
+    except OSError as exc:  # an unwritable or vanished folder: say where, not a traceback
+        tmp.unlink(missing_ok=True)
+        raise StudioError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 

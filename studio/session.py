@@ -20,7 +20,7 @@ from studio import expr, formats
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
 from studio.space import Space
-from studio.store import Library, Record, atomic_write, check_name
+from studio.store import Library, Record, atomic_write, check_name, check_tag
 
 DEFAULT_MODEL = "emoji-diffusion"
 MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
@@ -95,8 +95,9 @@ class Session:
     # ---- sampling ----
 
     def sample(self, model: str | None = None, prompt: str | None = None, seed: int | None = None,
-               count: int = 1, name: str | None = None, tags: Iterable[str] = (), **settings: Any) -> list[Stored]:
-        """Draw ``count`` generations (seeds seed, seed+1, ...) and store each; returns what was stored."""
+               count: int = 1, name: str | None = None, tags: Iterable[str] = (), store: bool = True,
+               **settings: Any) -> list[Stored]:
+        """Draw ``count`` generations (seeds seed, seed+1, ...) and store each (unless ``store`` is false)."""
         if not 1 <= count <= MAX_COUNT:
             raise StudioError(f"count must be between 1 and {MAX_COUNT}, got {count}")
         if name is not None:
@@ -107,13 +108,15 @@ class Session:
             raise StudioError(f"seed must be between 0 and 2^63-1, got {seed}")
         names = [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)] if name else [None] * count
         for n in names:
-            if n is not None and self.library.db.execute("SELECT 1 FROM names WHERE name = ?", (n,)).fetchone():
+            if n is not None and self.library.name_owner(n) is not None:
                 raise StudioError(f"the name {n!r} is taken; pick another name or remove it first")
         adapter = self.adapter(model)
         seeds = [seed + i for i in range(count)]
         gens = adapter.sample(seeds, [prompt or ""] * count if prompt is not None else None, **settings)
         for g in gens:
             g.lineage = g.lineage or Lineage("sample", {k: g.meta[k] for k in ("seed", "prompt") if k in g.meta})
+        if not store:
+            return [Stored(g.id, None, g) for g in gens]
         tags = list(tags)
         return [Stored(self.library.put(g, n, tags), n, g) for g, n in zip(gens, names)]
 
@@ -141,10 +144,13 @@ class Session:
         value = expr.Evaluator(source, lookup, bindings).eval(tree)
         if isinstance(value, (int, float)):
             raise StudioError(f"'{source}' gives the number {value:g}, not a latent; use @name to refer to stored objects")
-        if isinstance(tree, expr.Ref):  # a bare reference: the object itself
+        if isinstance(tree, expr.Ref):  # a bare reference: the object itself, named and tagged as asked
             object_id = ids[tree.name]
+            tags = [check_tag(t) for t in tags]
             if store and name:
                 self.library.name(object_id, name)
+            for t in tags if store else ():
+                self.library.tag(object_id, t)
             return Stored(object_id, name, value)
         params = dict(bindings or {})
         value.lineage = expr.lineage_of(tree, source, [ids[r] for r in expr.refs(tree)], params)
@@ -229,6 +235,9 @@ class Session:
             check_name(name)
         if not path.is_file():
             raise StudioError(f"no such file: {path}")
+        if path.suffix.lower() not in (".png", ".safetensors", ".latent"):
+            raise StudioError(f"cannot import {path.name}: import takes a studio PNG, a .safetensors file "
+                              f"or a ComfyUI .latent")
         if path.suffix.lower() == ".png":
             gen, _ = formats.read_png(path)
             return [Stored(self.library.put(gen, name), name, gen)]

@@ -22,8 +22,9 @@ from studio import formats
 from studio.errors import StudioError
 from studio.objects import Generation, StoredObject, Vector
 
-NAME_RULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
-TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$")
+# used with fullmatch: "$" alone would also accept a name ending in a newline
+NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+TAG_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}")
 MIN_PREFIX = 4  # an id prefix shorter than this is never taken as a reference
 
 SCHEMA = """
@@ -41,7 +42,7 @@ CREATE INDEX IF NOT EXISTS parents_by_parent ON parents(parent);
 
 def check_name(name: str) -> str:
     """Names are identifiers, never paths: letters, digits, '_', '.', '-', starting with a letter or '_'."""
-    if not isinstance(name, str) or not NAME_RULE.match(name):
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
         raise StudioError(
             f"invalid name {name!r}: use up to 64 letters, digits, '_', '.' or '-', starting with a letter or '_'"
         )
@@ -49,7 +50,7 @@ def check_name(name: str) -> str:
 
 
 def check_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not TAG_RULE.match(tag):
+    if not isinstance(tag, str) or not TAG_RULE.fullmatch(tag):
         raise StudioError(f"invalid tag {tag!r}: use up to 64 letters, digits, '_', '.', ':' or '-'")
     return tag
 
@@ -107,6 +108,11 @@ def _describe_vector(v: Vector) -> str:
     if isinstance(attribute, dict) and {"name", "from", "to"} <= set(attribute):
         attribute = f"{attribute['name']} {attribute['from']}->{attribute['to']}"
     return f"method {v.method}, attribute {attribute or '(none)'}"
+
+
+def _like(text: str) -> str:
+    """Text for a LIKE pattern, matched literally (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -233,7 +239,9 @@ class Library:
     def untag(self, ref: str, tag: str) -> str:
         object_id = self.resolve(ref)
         with self._tx() as db:
-            db.execute("DELETE FROM tags WHERE id = ? AND tag = ?", (object_id, tag))
+            gone = db.execute("DELETE FROM tags WHERE id = ? AND tag = ?", (object_id, tag)).rowcount
+        if not gone:
+            raise StudioError(f"{ref} has no tag {tag!r}")
         return object_id
 
     def remove(self, ref: str) -> str:
@@ -310,15 +318,16 @@ class Library:
             where.append("o.model = ?")
             args.append(model)
         if space:
-            where.append("o.spaces LIKE ?")
-            args.append(f"%{space}%")
+            where.append("o.spaces LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(space)}%")
         if tag:
             where.append("EXISTS (SELECT 1 FROM tags t2 WHERE t2.id = o.id AND t2.tag = ?)")
             args.append(tag)
-        if text:
-            where.append("(o.summary LIKE ? OR o.id LIKE ? OR EXISTS "
-                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ?))")
-            args += [f"%{text}%", f"{text}%", f"%{text}%"]
+        if text:  # literal text: % and _ in it are not wildcards
+            where.append("(o.summary LIKE ? ESCAPE '\\' OR o.id LIKE ? ESCAPE '\\' OR EXISTS "
+                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ? ESCAPE '\\'))")
+            t = _like(text)
+            args += [f"%{t}%", f"{t}%", f"%{t}%"]
         sql = ("SELECT o.id, o.kind, o.model, o.spaces, o.op, o.created, o.summary, "
                "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "

@@ -127,3 +127,28 @@ def test_lineage_names_the_top_op_and_parents():
     lin = expr.lineage_of(tree, "slerp(@a, @b, 0.5)", ["ida", "idb"])
     assert lin.op == "slerp" and lin.parents == ("ida", "idb")
     assert lin.params == {"expr": "slerp(@a, @b, 0.5)", "t": 0.5}
+
+
+def test_long_flat_chains_evaluate_without_recursion():
+    a = objects()["a"].tensor
+    assert torch.allclose(run("+".join(["@a"] * 2000)).tensor, 2000 * a, rtol=1e-4)
+    source = "@a" + "*1" * 4999  # 10,000 characters: a tree 4,999 levels deep
+    assert torch.equal(run(source).tensor, a)
+    assert run("-".join(["1"] * 3000)) == 1 - 2999
+    assert expr.refs(expr.parse(source)) == ["a"]
+
+
+def test_argument_mistakes_are_found_before_any_lookup():
+    with pytest.raises(ExpressionError, match="got 't' twice"):
+        run("lerp(@nope, @b, 0.5, t=1)")
+    with pytest.raises(ExpressionError, match="takes 3 argument"):
+        expr.parse("slerp(@a, @b)")  # known from the text alone
+
+
+@pytest.mark.parametrize("fn, t", [("lerp", 1e39), ("blend", 1e39), ("slerp", 1e308), ("lerp", -2e6)])
+def test_interpolation_weight_out_of_range_is_a_clear_error(fn, t):
+    with pytest.raises(StudioError, match=f"{fn}'s t must be between -1e\\+06 and 1e\\+06"):
+        run(f"{fn}(@a, @b, {t})")
+    with pytest.raises(StudioError, match="must be between"):
+        getattr(algebra, fn)(generation(1), generation(2), t)
+    assert isinstance(getattr(algebra, fn)(generation(1), generation(2), 1e6), Generation)

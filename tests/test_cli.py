@@ -122,6 +122,17 @@ def png_file(tmp_path):
     return path
 
 
+def jpg_file(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((8, 8, 3), 30, np.uint8)).save(path)
+    return path
+
+
+def file_as_folder(tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    return tmp_path / "afile" / "sub"
+
+
 def text_file(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("these are not tensors\n")
@@ -153,10 +164,19 @@ def text_file(tmp_path):
     (["invert", "PNG", "--model", "tiny-gan", "--name", "a"], ["the name 'a' already refers to"]),
     (["vectors", "discover", "--model", "tiny-gan", "--space", "text", "--prompts", "NOFILE"],
      ["cannot read prompts from"]),
+    (["sample", "--model", "tiny-gan", "--seed", "80", "--name", "g80", "--out", "FILEDIR"],
+     ["cannot create output folder", "Not a directory"]),
+    (["render", "@a", "--batch", "0"], ["--batch", "0 is not in the range 1<=x<=1024"]),
+    (["latents", "ls", "--limit", "0"], ["--limit", "0 is not in the range x>=1"]),
+    (["latents", "untag", "a", "nosuch"], ["a has no tag 'nosuch'"]),
+    (["latents", "name", "a", "x\n"], ["invalid name 'x\\n'"]),
+    (["latents", "tag", "a", "nl\n"], ["invalid tag 'nl\\n'"]),
+    (["latents", "import", "JPG"], ["cannot import photo.jpg: import takes a studio PNG"]),
+    (["sample", "--model", "x" * 300], ["is not a usable path: File name too long"]),
 ])
 def test_user_errors_exit_2_with_one_line_and_change_nothing(mixed_home, tmp_path, args, words):
     files = {"NAN": nan_file, "CUT": truncated_file, "TEXT": text_file, "PNG": png_file,
-             "NOFILE": lambda tmp: tmp / "missing.txt"}
+             "NOFILE": lambda tmp: tmp / "missing.txt", "FILEDIR": file_as_folder, "JPG": jpg_file}
     args = [str(files[a](tmp_path)) if a in files else a for a in args]
     before = library_state(mixed_home)
     result = studio(mixed_home, *args, code=2)
@@ -223,3 +243,17 @@ def test_models_lists_builtins():
     out = CliRunner().invoke(main, ["models", "--json"]).stdout
     specs = [m["spec"] for m in json.loads(out)]
     assert {"tiny-sd", "tiny-gan", "emoji-diffusion", "emoji-gan"} <= set(specs)
+
+
+def test_eval_checks_its_out_file_before_storing_and_tags_bare_references(tmp_path):
+    home = tmp_path / "home"
+    studio(home, "sample", "--model", "tiny-sd", "--prompt", "a cat", "--seed", "1", "--steps", "2", "--name", "a")
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(picture)
+    studio(home, "encode", str(picture), "--model", "tiny-sd", "--name", "lat")
+    before = library_state(home)
+    err = studio(home, "eval", "@lat * 2", "--name", "lat2", "--out", str(tmp_path / "x.png"), code=2).stderr
+    assert err.strip() == "error: --out renders a generation; '@lat * 2' gives a lone vae latent, which has no picture"
+    assert library_state(home) == before and not (tmp_path / "x.png").exists()
+    studio(home, "eval", "@a", "--tag", "kept")  # a bare reference: the object itself, tagged
+    assert json.loads(studio(home, "latents", "show", "a", "--json").stdout)["tags"] == ["kept"]

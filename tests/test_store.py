@@ -363,3 +363,11 @@ def test_a_comfy_latent_cannot_go_into_a_model_without_a_vae(session, tmp_path):
     assert str(err.value) == ("model tiny-gan has no VAE space, so a ComfyUI .latent cannot be imported into it; "
                               "name a diffusion model with --model")
     assert snapshot(session.library) == before
+
+
+def test_search_text_is_literal_not_a_like_pattern(session):
+    session.sample("tiny-gan", "x", 1, count=2, name="g_1")
+    session.sample("tiny-gan", "100% cat", 5, name="pct")
+    assert [r.label for r in session.library.ls(text="%")] == ["pct"]
+    assert sorted(r.label for r in session.library.ls(text="g_")) == ["g_1-1", "g_1-2"]
+    assert session.library.ls(text="g%1") == []

@@ -156,3 +156,17 @@ def test_share_offline_keeps_the_local_ui_and_says_why(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("host, port, size, queue, message", [
+    ("127.0.0.1", 70000, "25mb", 4, "--port must be a number from 1 to 65535, not 70000"),
+    ("127.0.0.1", -1, "25mb", 4, "--port must be a number from 1 to 65535, not -1"),
+    ("127.0.0.1", 7860, "lots", 4, "--max-upload takes a size such as 25mb"),
+    ("127.0.0.1", 7860, "2.5mb", 4, "--max-upload takes a size such as 25mb"),
+    ("127.0.0.1", 7860, "25mb", 0, "--queue-size must be at least 1"),
+    ("999.1.1.1", 7860, "25mb", 4, "--host '999.1.1.1' is not an address of this machine"),
+])
+def test_serving_options_are_checked_before_anything_loads(host, port, size, queue, message):
+    with pytest.raises(StudioError, match=message.replace(".", "\\.")):
+        server.check_options(host, port, size, queue)
+    server.check_options("127.0.0.1", 7860, "25 MB", 1)  # what gradio takes passes

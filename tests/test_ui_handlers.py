@@ -289,3 +289,19 @@ def test_invert_an_uploaded_picture_then_edit_it(studio, tmp_path):
         studio.invert_upload(None, "tiny-sd", progress=None)
     with pytest.raises(gr.Error, match="the name 'inverted' already refers to"):
         studio.invert_upload(str(picture), "tiny-sd", "", 4, "inverted", progress=None)
+
+
+def test_bad_values_from_api_clients_are_one_message_and_change_nothing(studio, pair):
+    before = studio.session.library.record(pair[0])
+    with pytest.raises(gr.Error, match="invalid tag 'bad/tag'"):
+        studio.name_item(pair[0], "renamed_first", "good,bad/tag")
+    after = studio.session.library.record(pair[0])
+    assert (after.names, after.tags) == (before.names, before.tags)  # neither the name nor 'good' was attached
+    assert studio.check_expression(5) == "✗ expected text, got int"
+    assert studio.check_recipe(["renders"]) == "✗ expected text, got list"
+    with pytest.raises(gr.Error, match="model must be text, got int"):
+        studio.library_view(5, None, None, None, progress=None)
+    with pytest.raises(gr.Error, match="the expression must be text, got int"):
+        studio.render_expression(42, progress=None)
+    with pytest.raises(gr.Error, match="no recipe file at missing.yaml"):
+        studio.load_recipe("/nowhere/missing.yaml")

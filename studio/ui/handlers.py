@@ -133,6 +133,31 @@ def parse_attribute(text: Any) -> dict[str, str] | None:
     return dict(zip(("name", "from", "to"), parts))
 
 
+def text_or_none(value: Any, what: str) -> str | None:
+    """A text field's value (None when empty); API clients can send anything, so check."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise StudioError(f"{what} must be text, got {type(value).__name__}")
+    return value
+
+
+def live_check(fn: Callable[..., str]) -> Callable[..., str]:
+    """For checks that run on every keystroke: any failure becomes a one-line ✗ message, never a server error."""
+
+    @functools.wraps(fn)
+    def wrapper(self, text: Any) -> str:
+        if text is not None and not isinstance(text, str):
+            return f"✗ expected text, got {type(text).__name__}"
+        try:
+            return fn(self, text)
+        except Exception as exc:  # a bug, not bad input: the detail goes to the server log
+            traceback.print_exc(file=sys.stderr)
+            return f"✗ internal error ({type(exc).__name__}); see the server log"
+
+    return wrapper
+
+
 def optional_name(name: Any) -> str | None:
     return name.strip() if isinstance(name, str) and name.strip() else None
 
@@ -356,12 +381,19 @@ class Studio:
         """Give a stored object a name and/or tags (comma or space separated); returns its summary."""
         if not isinstance(ref, str) or not ref.strip():
             raise StudioError("select a picture first")
-        name = optional_name(name)
-        tag_list = [t for t in re.split(r"[,\s]+", tags or "") if t]
+        from studio.store import check_name, check_tag
+
+        name = optional_name(text_or_none(name, "name"))
+        tag_list = [check_tag(t) for t in re.split(r"[,\s]+", text_or_none(tags, "tags") or "") if t]
         if name is None and not tag_list:
             raise StudioError("give a name or a tag to attach")
         with self._library:
             object_id = self.session.library.resolve(ref)
+            if name:  # checked before anything is attached: a bad tag or a taken name changes nothing
+                check_name(name)
+                owner = self.session.library.name_owner(name)
+                if owner not in (None, object_id):
+                    raise StudioError(f"the name {name!r} already refers to {owner[:12]}")
             if name:
                 self.session.library.name(object_id, name)
             for t in tag_list:
@@ -376,6 +408,8 @@ class Studio:
                      text: str | None = None, progress: Any = gr.Progress()
                      ) -> tuple[list[tuple[str, str]], list[list[str]], list[str], list[str]]:
         """Filtered library: (gallery of generations, table rows of latents/vectors, their ids)."""
+        model, space, tag, text = (text_or_none(v, w) for v, w in ((model, "model"), (space, "space"),
+                                                                   (tag, "tag"), (text, "search text")))
         with self._library:
             rows = self.session.library.ls(tag=tag or None, model=model or None, space=space or None,
                                            text=(text or "").strip() or None, limit=CHOICES_LIMIT)
@@ -757,6 +791,7 @@ class Studio:
 
     # ---- Recipe ----
 
+    @live_check
     def check_expression(self, source: str | None) -> str:
         """Live validation, as Markdown: what the expression gives, or the core's message with a caret."""
         if not source or not source.strip():
@@ -775,6 +810,7 @@ class Studio:
     def render_expression(self, source: str | None, name: str | None = None, progress: Any = gr.Progress()
                           ) -> tuple[str | None, dict[str, Any]]:
         """Evaluate an expression, store the result (named if asked), render it if it is a generation."""
+        source = text_or_none(source, "the expression")
         if not source or not source.strip():
             raise StudioError("type an expression first")
         with self._library:
@@ -793,7 +829,9 @@ class Studio:
 
         if not path:
             raise StudioError("upload a recipe file first")
-        path = Path(path)
+        path = Path(text_or_none(path, "the recipe file") or "")
+        if not path.is_file():
+            raise StudioError(f"no recipe file at {path.name or path}")
         if path.stat().st_size > MAX_RECIPE_BYTES:
             raise StudioError(f"{path.name} is larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
         try:
@@ -802,6 +840,7 @@ class Studio:
             raise StudioError(f"{path.name} is not a text file") from None
         return text, self.check_recipe(text)
 
+    @live_check
     def check_recipe(self, text: str | None) -> str:
         """Markdown: whether the recipe text parses, and what it will do."""
         from studio.recipe import Recipe

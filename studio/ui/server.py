@@ -12,6 +12,8 @@ import contextlib
 import io
 import ipaddress
 import os
+import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SIZE_RULE = re.compile(r"[1-9]\d*\s*(b|kb|mb|gb|tb)", re.IGNORECASE)  # what gradio's parser takes
+
+
+def check_options(host: str, port: int | None, max_file_size: str | int, queue_size: int) -> None:
+    """The serving options, checked before anything loads, each with one plain message."""
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise StudioError(f"--port must be a number from 1 to 65535, not {port!r}")
+    if isinstance(max_file_size, str) and not SIZE_RULE.fullmatch(max_file_size.strip()):
+        raise StudioError(f"--max-upload takes a size such as 25mb, 500kb or 1gb, not {max_file_size!r}")
+    if isinstance(max_file_size, int) and max_file_size < 1:
+        raise StudioError(f"--max-upload must be at least 1 byte, not {max_file_size}")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise StudioError(f"--queue-size must be at least 1 (every request waits in the queue), not {queue_size!r}")
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise StudioError(f"--host {host!r} is not an address of this machine or a name it can resolve "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
            share: bool = False, auth: list[tuple[str, str]] | None = None, max_file_size: str | int = MAX_UPLOAD,
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY, block: bool = True,
@@ -108,6 +130,7 @@ def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST,
     from studio.ui.app import CSS, THEME, build
     from studio.ui.handlers import Studio
 
+    check_options(host, port, max_file_size, queue_size)
     spec, notice, why = choose_model(session, model)
     studio = Studio(session, spec, notice)
     demo = build(studio)
