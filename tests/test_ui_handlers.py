@@ -305,3 +305,13 @@ def test_bad_values_from_api_clients_are_one_message_and_change_nothing(studio, 
         studio.render_expression(42, progress=None)
     with pytest.raises(gr.Error, match="no recipe file at missing.yaml"):
         studio.load_recipe("/nowhere/missing.yaml")
+
+
+def test_applying_to_several_targets_checks_every_name_first(studio, pair):
+    _, _, more = studio.generate("tiny-sd", "a calm cat", 400, 2, STEPS, 7.5, None, "", progress=None)
+    studio.build_vector(pair, more, "text", "calm", "mean", progress=None)
+    studio.name_item(more[0], "calmed-2")  # the second target's result name is taken
+    before = len(studio.session.library)
+    with pytest.raises(gr.Error, match="the name 'calmed-2' already refers to"):
+        studio.apply_vector("calm", [pair[0], pair[1]], 0.5, -1, 1, 0, "latent", "calmed", progress=None)
+    assert len(studio.session.library) == before

@@ -774,12 +774,16 @@ class Studio:
         lab = self._vectors()
         with self._library:
             models = {self.session.library.record(t).model for t in goals} - {None}
+        names = [name if (name and len(goals) == 1) else (f"{name}-{i + 1}" if name else None)
+                 for i in range(len(goals))]
         with self.using(models, progress):  # sdedit and h-space modes run the model while applying
             with self._library:
+                for n in names:  # every result name free before the first target is edited
+                    if n is not None and (owner := self.session.library.name_owner(n)) is not None:
+                        raise StudioError(f"the name {n!r} already refers to {owner[:12]}; pick another name")
                 applied = []
-                for i, t in enumerate(goals):
-                    n_i = name if (name and len(goals) == 1) else (f"{name}-{i + 1}" if name else None)
-                    applied += lab.apply(t, vector, [strength], mode=mode, name=n_i)
+                for t, n in zip(goals, names, strict=True):
+                    applied += lab.apply(t, vector, [strength], mode=mode, name=n)
                 swept = lab.apply(goals[0], vector, sweep, mode=mode) if sweep else []
             everything = applied + swept
             out = self._out_dir("attributes")
