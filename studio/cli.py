@@ -63,13 +63,28 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _make_folder(folder: str | Path) -> Path:
-    """Create an output folder up front, so a bad --out fails before anything is computed or stored."""
+@contextmanager
+def _output_folder(folder: str | Path | None):
+    """Create an output folder up front, so a bad --out fails before anything is computed or stored;
+    if the command then fails, the folders it created are removed again while still empty."""
+    if folder is None:
+        yield
+        return
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StudioError(f"cannot create output folder {folder}: {exc.strerror}") from None
-    return Path(folder)
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()  # only if empty
+            except OSError:
+                break
+        raise
 
 
 def _session(ctx: click.Context) -> Session:
@@ -143,13 +158,12 @@ def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negativ
                                   "truncation": truncation, "space": space, "category": category,
                                   "style": style}.items() if v is not None}
     session = _session(ctx)
-    if out:  # before anything is stored
-        _make_folder(out)
-    items = session.sample(model, prompt, seed, count, name, tags, **settings)
-    paths = None
-    if out:
-        with progress_bar("render", not as_json) as cb:
-            paths = session.render_to(items, out, cb)
+    with _output_folder(out):  # made before anything is stored
+        items = session.sample(model, prompt, seed, count, name, tags, **settings)
+        paths = None
+        if out:
+            with progress_bar("render", not as_json) as cb:
+                paths = session.render_to(items, out, cb)
     _print_stored(items, as_json, paths)
 
 
@@ -174,20 +188,20 @@ def eval_(ctx, expression, name, tags, out, as_json):
       studio eval "@scene + 0.8 * @day_to_night" --name night
     """
     session = _session(ctx)
-    if out:  # checked before anything is stored
-        out = Path(out)
-        if out.suffix.lower() != ".png":
-            raise StudioError(f"--out names a PNG file; got {out}")
-        _make_folder(out.parent)
-        result = session.evaluate(expression, store=False).obj
-        if not isinstance(result, Generation):  # known before storing: nothing is stored for a bad --out
-            what = "a vector" if isinstance(result, Vector) else f"a lone {result.space.kind} latent"
-            raise StudioError(f"--out renders a generation; '{expression}' gives {what}, which has no picture")
-    stored = session.evaluate(expression, name=name, tags=tags)
-    paths = None
-    if out:
-        with progress_bar("render", not as_json) as cb:
-            paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
+    out = Path(out) if out else None
+    if out and out.suffix.lower() != ".png":
+        raise StudioError(f"--out names a PNG file; got {out}")
+    with _output_folder(out.parent if out else None):  # checked before anything is stored
+        if out:
+            result = session.evaluate(expression, store=False).obj
+            if not isinstance(result, Generation):  # known before storing: nothing is stored for a bad --out
+                what = "a vector" if isinstance(result, Vector) else f"a lone {result.space.kind} latent"
+                raise StudioError(f"--out renders a generation; '{expression}' gives {what}, which has no picture")
+        stored = session.evaluate(expression, name=name, tags=tags)
+        paths = None
+        if out:
+            with progress_bar("render", not as_json) as cb:
+                paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
     _print_stored([stored], as_json, paths)
 
 
@@ -581,13 +595,12 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, o
       studio vectors apply cat noto_to_twemoji -s 0,0.5,1,1.5 --out sweep/
     """
     session = _session(ctx)
-    if out:
-        _make_folder(out)
-    items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength)
-    paths = None
-    if out:
-        with progress_bar("render", not as_json) as cb:
-            paths = session.render_to(items, out, cb)
+    with _output_folder(out):  # made before anything is stored
+        items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength)
+        paths = None
+        if out:
+            with progress_bar("render", not as_json) as cb:
+                paths = session.render_to(items, out, cb)
     _print_stored(items, as_json, paths)
 
 

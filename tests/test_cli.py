@@ -257,3 +257,12 @@ def test_eval_checks_its_out_file_before_storing_and_tags_bare_references(tmp_pa
     assert library_state(home) == before and not (tmp_path / "x.png").exists()
     studio(home, "eval", "@a", "--tag", "kept")  # a bare reference: the object itself, tagged
     assert json.loads(studio(home, "latents", "show", "a", "--json").stdout)["tags"] == ["kept"]
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(mixed_home, tmp_path):
+    out = tmp_path / "new" / "deeper"
+    err = studio(mixed_home, "vectors", "apply", "a", "a", "-s", "1", "--out", str(out), code=2).stderr
+    assert "is a generation, not a vector" in err
+    assert not (tmp_path / "new").exists()  # both folders it made are gone again
+    studio(mixed_home, "eval", "@g * 1", "--out", str(out / "g.png"))
+    assert (out / "g.png").is_file()
