@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
-from studio.session import DEFAULT_MODEL, Session, Stored
+from studio.session import DEFAULT_MODEL, Session, Stored, default_home
 
 
 class StudioGroup(click.Group):
@@ -23,6 +25,10 @@ class StudioGroup(click.Group):
             return super().invoke(ctx)
         except StudioError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except sqlite3.DatabaseError as exc:  # the index file itself is damaged
+            click.echo(f"error: the library's index is damaged ({exc}); run 'studio latents check --repair' "
+                       "to rebuild it from the object files (names and tags are lost)", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # a bad option or argument below: one line too, with where to look
             where = exc.ctx.command_path if exc.ctx else ctx.command_path
@@ -105,7 +111,7 @@ def _print_stored(items: list[Stored], as_json: bool, paths: list[Path] | None =
 
 
 @click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False), envvar="STUDIO_HOME", show_envvar=True,
+@click.option("--home", type=click.Path(), envvar="STUDIO_HOME", show_envvar=True,
               help="Library folder (default: a per-user data folder).")
 @click.option("--device", default=None, help="Torch device for models (default: cuda if present, else cpu).")
 @click.version_option(package_name="latent-studio")
@@ -385,14 +391,38 @@ def latents_import(ctx, file, name, model, as_json):
     _print_stored(_session(ctx).import_file(file, name, model), as_json)
 
 
+def _index_damage(path: Path) -> str | None:
+    """What SQLite finds wrong with an index file, or None when it is sound (or absent)."""
+    if not path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(path)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if row and row[0] == "ok" else str(row[0] if row else "no answer").strip().splitlines()[-1]
+
+
 @latents.command(name="check")
-@click.option("--repair", is_flag=True, help="Adopt object files left unindexed by a crash.")
+@click.option("--repair", is_flag=True, help="Adopt object files left unindexed by a crash, drop names of "
+              "objects that are gone, rebuild a damaged index (its names and tags are lost).")
 @click.pass_context
 def latents_check(ctx, repair):
-    """Verify every stored file against its id."""
-    lib = _session(ctx).library
+    """Verify every stored file against its id, and the index against the files."""
     if repair:
-        click.echo(f"adopted {lib.reindex()} unindexed object(s)")
+        home = Path(ctx.obj["home"]).expanduser() if ctx.obj.get("home") else default_home()
+        damage = _index_damage(home / "index.sqlite")
+        if damage:  # set the damaged index aside (nothing is deleted); a new one is built from the files
+            aside = home / f"index.sqlite.damaged-{int(time.time())}"
+            (home / "index.sqlite").replace(aside)
+            for extra in ("index.sqlite-wal", "index.sqlite-shm"):
+                (home / extra).unlink(missing_ok=True)
+            click.echo(f"the index was damaged ({damage}); moved it to {aside.name} and rebuilt it from the files")
+        click.echo(f"adopted {_session(ctx).library.reindex()} unindexed object(s)")
+    lib = _session(ctx).library
     problems = lib.check()
     for p in problems:
         click.echo(p)

@@ -7,6 +7,7 @@ between the two leaves an orphan file and no dangling entry; ``reindex`` adopts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,12 @@ from studio.objects import Generation, StoredObject, Vector
 NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 TAG_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}")
 MIN_PREFIX = 4  # an id prefix shorter than this is never taken as a reference
+ID_RULE = re.compile(r"[0-9a-f]{64}")  # a sha256 content id
+ID_LIKE = re.compile(r"[0-9a-f]{7,}")  # a name like this would read as an id prefix
+STALE_TMP_SECONDS = 3600  # a temporary file older than this is left over from a crash
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
+os.umask(_UMASK)  # ... and put back at once
+FILE_MODE = 0o666 & ~_UMASK
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -46,6 +53,8 @@ def check_name(name: str) -> str:
         raise StudioError(
             f"invalid name {name!r}: use up to 64 letters, digits, '_', '.' or '-', starting with a letter or '_'"
         )
+    if ID_LIKE.fullmatch(name):  # names win over id prefixes, so this would hide an object's short id
+        raise StudioError(f"invalid name {name!r}: 7 or more hex digits read as an id; add a letter beyond a-f")
     return name
 
 
@@ -110,6 +119,15 @@ def _describe_vector(v: Vector) -> str:
     return f"method {v.method}, attribute {attribute or '(none)'}"
 
 
+def _json(text: str | None) -> dict[str, Any]:
+    """An index column of JSON; a damaged one reads as empty (the object file is the truth)."""
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _like(text: str) -> str:
     """Text for a LIKE pattern, matched literally (escape character: backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -120,6 +138,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it private; the file should read like any other the user writes
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -284,7 +303,7 @@ class Library:
                 return rows[0][0]
             if len(rows) > 1:
                 raise StudioError(f"id prefix {key!r} is ambiguous ({len(rows)}+ objects match); give more digits")
-        if re.fullmatch(r"[0-9a-f]+", key):  # too short to be a prefix: say so, not just "nothing matches"
+        if re.fullmatch(r"[0-9a-f]+", key) and len(key) < MIN_PREFIX:  # too short to be a prefix: say so
             raise StudioError(f"no stored object is named {key!r}; id prefixes need at least {MIN_PREFIX} digits")
         raise StudioError(f"no stored object is named or has an id starting with {key!r} "
                           f"(see 'studio latents ls')")
@@ -333,13 +352,17 @@ class Library:
                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "
                "FROM objects o" + (" WHERE " + " AND ".join(where) if where else "") +
                " ORDER BY o.created DESC, o.id" + (f" LIMIT {int(limit)}" if limit else ""))
-        return [Record(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5],
+        return [Record(r[0], r[1], r[2], _json(r[3]), r[4], r[5],
                        tuple(sorted(r[7].split("\x1f"))) if r[7] else (),
-                       tuple(sorted(r[8].split("\x1f"))) if r[8] else (), json.loads(r[6]))
+                       tuple(sorted(r[8].split("\x1f"))) if r[8] else (), _json(r[6]))
                 for r in self.db.execute(sql, args)]
 
     def record(self, ref: str) -> Record:
-        return self.ls(ids=[self.resolve(ref)])[0]
+        rows = self.ls(ids=[self.resolve(ref)])
+        if not rows:  # a name left pointing at an object that is gone
+            raise StudioError(f"{ref} names an object that is not in the library "
+                              "(run 'studio latents check --repair')")
+        return rows[0]
 
     def parents(self, ref: str) -> list[str]:
         object_id = self.resolve(ref)
@@ -366,13 +389,29 @@ class Library:
     def check(self) -> list[str]:
         """Open every indexed file and verify it; returns the problems found (empty when healthy)."""
         problems = []
+        indexed = set()
         for (object_id,) in self.db.execute("SELECT id FROM objects").fetchall():
+            indexed.add(object_id)
             try:
                 obj, _ = formats.read_file(self.path_of(object_id))
                 if obj.id != object_id:
                     problems.append(f"{object_id[:12]}: content does not match its id")
             except StudioError as exc:
                 problems.append(f"{object_id[:12]}: {exc}")
+        for name, object_id in self.db.execute(
+                "SELECT name, id FROM names WHERE id NOT IN (SELECT id FROM objects)").fetchall():
+            problems.append(f"name {name!r} refers to {str(object_id)[:12]}, which is not in the index "
+                            "('studio latents check --repair' keeps it if that object's file is on disk, "
+                            "else drops it)")
+        files = [p for p in self.objects_dir.glob("*") if not p.is_dir()] + list(self.objects_dir.glob("*/*"))
+        for path in sorted(files):
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                continue  # a write in progress, or one a crash left (repair removes old ones)
+            if path.suffix != ".safetensors" or not ID_RULE.fullmatch(path.stem) or path.parent.name != path.stem[:2]:
+                problems.append(f"{path.relative_to(self.home)}: not an object file of this library")
+            elif path.stem not in indexed:
+                problems.append(f"{path.stem[:12]}: on disk but not in the index "
+                                "('studio latents check --repair' adopts it)")
         return problems
 
     def reindex(self) -> int:
@@ -394,8 +433,14 @@ class Library:
                                 obj.lineage.op if obj.lineage else None, path.stat().st_mtime,
                                 json.dumps(_summary_of(obj))))
                 adopted += 1
+        with self._tx() as db:  # names and tags of objects that are gone
+            db.execute("DELETE FROM names WHERE id NOT IN (SELECT id FROM objects)")
+            db.execute("DELETE FROM tags WHERE id NOT IN (SELECT id FROM objects)")
+        stale = time.time() - STALE_TMP_SECONDS  # a newer one may be another process's write in progress
         for tmp in self.objects_dir.glob("*/.*.tmp"):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
         return adopted
 
 

@@ -266,3 +266,24 @@ def test_a_failed_command_leaves_no_empty_output_folder(mixed_home, tmp_path):
     assert not (tmp_path / "new").exists()  # both folders it made are gone again
     studio(mixed_home, "eval", "@g * 1", "--out", str(out / "g.png"))
     assert (out / "g.png").is_file()
+
+
+def test_a_damaged_index_is_one_line_and_repair_rebuilds_it_from_the_files(tmp_path):
+    home = tmp_path / "home"
+    studio(home, "sample", "--model", "tiny-gan", "--seed", "1", "-n", "3", "--name", "g")
+    index = home / "index.sqlite"
+    import sqlite3
+
+    db = sqlite3.connect(index)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file, as after the process exits
+    db.close()
+    data = bytearray(index.read_bytes())
+    assert len(data) > 12288
+    data[4196:12288] = b"\xff" * (12288 - 4196)  # damage pages after the header
+    index.write_bytes(bytes(data))
+    err = studio(home, "latents", "ls", code=2).stderr.strip()
+    assert err.startswith("error: the library's index is damaged") and "\n" not in err
+    out = studio(home, "latents", "check", "--repair").stdout
+    assert "the index was damaged" in out and "adopted 3 unindexed object(s)" in out
+    assert out.strip().endswith("3 object(s), 0 problem(s)")
+    assert len(list(home.glob("index.sqlite.damaged-*"))) == 1  # set aside, not deleted

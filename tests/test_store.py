@@ -371,3 +371,48 @@ def test_search_text_is_literal_not_a_like_pattern(session):
     assert [r.label for r in session.library.ls(text="%")] == ["pct"]
     assert sorted(r.label for r in session.library.ls(text="g_")) == ["g_1-1", "g_1-2"]
     assert session.library.ls(text="g%1") == []
+
+
+def test_check_reports_what_the_index_and_the_files_disagree_on(session, tmp_path):
+    import os
+    import sqlite3
+    import time
+
+    lib = session.library
+    ids = [s.id for s in session.sample("tiny-gan", "x", 1, count=3, name="g")]
+    (lib.objects_dir / "stray.txt").write_text("not an object")
+    db = sqlite3.connect(lib.home / "index.sqlite")
+    db.execute("DELETE FROM objects WHERE id = ?", (ids[0],))  # g-1's file stays: unindexed
+    db.execute("INSERT INTO names(name, id) VALUES ('ghost', ?)", ("ab" * 32,))  # a name of nothing
+    db.execute("UPDATE objects SET summary = '' WHERE id = ?", (ids[1],))  # a damaged index column
+    db.commit()
+    db.close()
+    problems = lib.check()
+    assert any(p.startswith(f"{ids[0][:12]}: on disk but not in the index") for p in problems)
+    assert any(p.startswith("name 'ghost' refers to abababababab") for p in problems)
+    assert "objects/stray.txt: not an object file of this library" in problems
+    assert {r.id for r in lib.ls()} == set(ids[1:])  # a damaged summary reads as empty, not a crash
+    with pytest.raises(StudioError, match="ghost names an object that is not in the library"):
+        lib.record("ghost")
+    fresh = lib.objects_dir / ids[1][:2] / f".{ids[1]}.safetensors.in-progress.tmp"  # another process's write
+    old = lib.objects_dir / ids[1][:2] / f".{ids[1]}.safetensors.crashed.tmp"
+    fresh.write_bytes(b"x")
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert lib.reindex() == 1
+    assert fresh.exists() and not old.exists()
+    assert lib.name_owner("ghost") is None and lib.resolve("g-1") == ids[0]
+    assert lib.check() == ["objects/stray.txt: not an object file of this library"]
+
+
+def test_names_that_read_as_ids_are_refused_and_files_get_ordinary_permissions(session, tmp_path):
+    import os
+
+    (g,) = session.sample("tiny-gan", "x", 1)
+    with pytest.raises(StudioError, match="7 or more hex digits read as an id"):
+        session.library.name(g.id, g.id[:12])
+    session.library.name(g.id, "cafe")  # short words are fine
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = session.export(g.id, tmp_path / "g.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
