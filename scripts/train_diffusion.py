@@ -201,6 +201,13 @@ def drop_build_paths(folder: Path) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def save_progress(stem: Path, modules: dict, opt, run: dict, done: int, elapsed_s: float, history: list[dict],
+                  **losses: float) -> None:
+    """One line of the stage's history (step, losses, training seconds so far), then its checkpoint."""
+    history.append({"step": done, **losses, "elapsed_s": round(elapsed_s, 1)})
+    save_checkpoint(stem, modules, opt, {"run": run, "step": done, "elapsed_s": elapsed_s, "history": history})
+
+
 def stopped(end: int, steps: int, stem: Path) -> bool:
     """True (and says how to go on) when a run stopped before its last step (``--stop-after``)."""
     if end < steps:
@@ -342,16 +349,14 @@ def train_vae(args, device) -> int:
         done = step + 1
         if done % args.ckpt_every == 0 or done == end:
             elapsed_now = elapsed + time.time() - t0
-            history.append({"step": done, "loss": running[0], "l1": running[1], "edge": running[2], "kl": running[3],
-                            "elapsed_s": round(elapsed_now, 1)})
+            save_progress(stem, {"vae": vae}, opt, run, done, elapsed_now, history,
+                          loss=running[0], l1=running[1], edge=running[2], kl=running[3])
             if args.sample_every and (done % args.sample_every == 0 or done == end):
                 vae.eval()
                 with torch.no_grad():
                     rec = vae.decode(vae.encode(held_fixed.to(device)).latent_dist.mean).sample
                 vae.train()
                 save_grid(torch.cat([held_fixed, rec.cpu()]), work / "samples" / f"vae-{done:06d}.png", 16)
-            save_checkpoint(stem, {"vae": vae}, opt, {"run": run, "step": done, "elapsed_s": elapsed_now,
-                                                     "history": history})
             elapsed, t0 = elapsed_now, time.time()
     bar.close()
     if stopped(end, steps, stem):
@@ -461,9 +466,7 @@ def train_decoder(args, device) -> int:
         done = step + 1
         if done % args.ckpt_every == 0 or done == end:
             elapsed_now = elapsed + time.time() - t0
-            history.append({"step": done, "loss": running, "elapsed_s": round(elapsed_now, 1)})
-            save_checkpoint(stem, {"decoder": vae}, opt, {"run": run, "step": done, "elapsed_s": elapsed_now,
-                                                         "history": history})
+            save_progress(stem, {"decoder": vae}, opt, run, done, elapsed_now, history, loss=running)
             elapsed, t0 = elapsed_now, time.time()
     bar.close()
     if stopped(end, steps, stem):
@@ -850,9 +853,7 @@ def train_unet(args, device) -> int:
         done = step + 1
         if done % args.ckpt_every == 0 or done == end:
             elapsed_now = elapsed + time.time() - t0
-            history.append({"step": done, "loss": running, "elapsed_s": round(elapsed_now, 1)})
-            save_checkpoint(stem, modules, opt, {"run": run, "step": done, "elapsed_s": elapsed_now,
-                                                "history": history})
+            save_progress(stem, modules, opt, run, done, elapsed_now, history, loss=running)
             if args.sample_every and done % args.sample_every == 0 and done < steps:
                 sample_grid(ema_pipeline(), work / "samples" / f"unet-{done:06d}.png", args.guidance)
             elapsed, t0 = elapsed_now, time.time()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
 from studio.session import DEFAULT_MODEL, Session, Stored, default_home
+from studio.store import make_folder, set_aside_damaged_index
+from studio.vectorlab import parse_attribute
 
 
 class StudioGroup(click.Group):
@@ -78,10 +79,7 @@ def _output_folder(folder: str | Path | None):
         return
     folder = Path(folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StudioError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    make_folder(folder)
     try:
         yield
     except BaseException:
@@ -391,21 +389,6 @@ def latents_import(ctx, file, name, model, as_json):
     _print_stored(_session(ctx).import_file(file, name, model), as_json)
 
 
-def _index_damage(path: Path) -> str | None:
-    """What SQLite finds wrong with an index file, or None when it is sound (or absent)."""
-    if not path.is_file():
-        return None
-    try:
-        con = sqlite3.connect(path)
-        try:
-            row = con.execute("PRAGMA quick_check").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    return None if row and row[0] == "ok" else str(row[0] if row else "no answer").strip().splitlines()[-1]
-
-
 @latents.command(name="check")
 @click.option("--repair", is_flag=True, help="Adopt object files left unindexed by a crash, drop names of "
               "objects that are gone, rebuild a damaged index (its names and tags are lost).")
@@ -414,12 +397,8 @@ def latents_check(ctx, repair):
     """Verify every stored file against its id, and the index against the files."""
     if repair:
         home = Path(ctx.obj["home"]).expanduser() if ctx.obj.get("home") else default_home()
-        damage = _index_damage(home / "index.sqlite")
-        if damage:  # set the damaged index aside (nothing is deleted); a new one is built from the files
-            aside = home / f"index.sqlite.damaged-{int(time.time())}"
-            (home / "index.sqlite").replace(aside)
-            for extra in ("index.sqlite-wal", "index.sqlite-shm"):
-                (home / extra).unlink(missing_ok=True)
+        if set_aside := set_aside_damaged_index(home):  # before the library opens it
+            damage, aside = set_aside
             click.echo(f"the index was damaged ({damage}); moved it to {aside.name} and rebuilt it from the files")
         click.echo(f"adopted {_session(ctx).library.reindex()} unindexed object(s)")
     lib = _session(ctx).library
@@ -528,16 +507,8 @@ def vectors_from_sets(ctx, refs_a, refs_b, a_tag, b_tag, method, role, hspace_st
     session = _session(ctx)
     a = _refs(session, refs_a, a_tag, "A")
     b = _refs(session, refs_b, b_tag, "B")
-    _print_stored([session.vectors.from_sets(a, b, method, role, name, _attribute(attribute), hspace_steps)], False)
-
-
-def _attribute(text: str | None) -> dict | None:
-    if text is None:
-        return None
-    parts = text.split(":")
-    if len(parts) != 3 or not all(p.strip() for p in parts):
-        raise StudioError(f"--attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {text!r}")
-    return {"name": parts[0].strip(), "from": parts[1].strip(), "to": parts[2].strip()}
+    _print_stored([session.vectors.from_sets(a, b, method, role, name, parse_attribute(attribute), hspace_steps)],
+                  False)
 
 
 @vectors.command(name="from-prompts")

@@ -8,6 +8,7 @@ stay (preservation), and how much did the pixels change.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from studio import algebra
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
+from studio.store import make_folder
 from studio.vectorlab import check_strengths
 
 if TYPE_CHECKING:
@@ -49,8 +51,9 @@ def emoji_prompts(path: str | os.PathLike | None = None) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+@functools.cache  # one judge per process: every scoring call and reference would load the same weights
 def load_judge():
-    """The emoji-judge and its attribute probes."""
+    """The emoji-judge and its attribute probes (eval mode, read-only)."""
     from pipelines.judge import load_judge as load
     from pipelines.judge import load_probes
 
@@ -129,11 +132,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
     if sdedit is not None and (not 0 < sdedit <= 1 or family != "diffusion"):
         raise StudioError("sdedit scoring needs a diffusion model and a strength in (0, 1]")
     if out is not None:  # before the work: a folder that cannot be made fails now, not after the sweep
-        out = Path(out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StudioError(f"cannot create output folder {out}: {exc.strerror}") from None
+        out = make_folder(out)
     judge, probes = load_judge()
     key = attribute.get("name")
     if key not in OTHER and key not in probes:

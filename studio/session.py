@@ -20,7 +20,7 @@ from studio import expr, formats
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
 from studio.space import Space
-from studio.store import Library, Record, atomic_write, check_name, check_tag
+from studio.store import Library, Record, atomic_write, check_name, check_tag, make_folder, numbered_names
 
 DEFAULT_MODEL = "emoji-diffusion"
 MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
@@ -106,10 +106,10 @@ class Session:
             seed = secrets.randbelow(2**31)
         if not 0 <= seed < 2**63:
             raise StudioError(f"seed must be between 0 and 2^63-1, got {seed}")
-        names = [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)] if name else [None] * count
+        names = numbered_names(name, count)
         for n in names:
-            if n is not None and self.library.name_owner(n) is not None:
-                raise StudioError(f"the name {n!r} is taken; pick another name or remove it first")
+            if n is not None:
+                self.library.check_free(n)
         adapter = self.adapter(model)
         seeds = [seed + i for i in range(count)]
         gens = adapter.sample(seeds, [prompt or ""] * count if prompt is not None else None, **settings)
@@ -180,11 +180,7 @@ class Session:
     def render_to(self, items: list[Stored], out: str | os.PathLike, progress: Progress | None = None,
                   filenames: list[str] | None = None) -> list[Path]:
         """Render stored generations into PNGs (named by label) that carry their generation."""
-        out_dir = Path(out)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StudioError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
+        out_dir = make_folder(out)
         gens = [self._as_generation(s.obj) for s in items]
         images = self.render(gens, progress)
         paths = []
@@ -283,9 +279,7 @@ class Session:
                name: str | None = None, **options: Any) -> Stored:
         """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
         if name is not None:
-            check_name(name)
-            if (owner := self.library.name_owner(name)) is not None:  # checked before the slow work
-                raise StudioError(f"the name {name!r} already refers to {owner[:12]}; pick another name")
+            self.library.check_free(name)  # checked before the slow work
         image = open_image(path)
         adapter = self.adapter(model)
         options = {k: v for k, v in options.items() if v is not None}

@@ -58,6 +58,50 @@ def check_name(name: str) -> str:
     return name
 
 
+def numbered_names(name: str | None, count: int) -> list[str | None]:
+    """Names for ``count`` results: NAME for one, NAME-1, NAME-2, ... for several, None each without a name."""
+    if name is None:
+        return [None] * count
+    return [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)]
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """An output folder, created if missing; one clear error when it cannot be."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudioError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    return Path(folder)
+
+
+def index_damage(path: Path) -> str | None:
+    """What SQLite finds wrong with an index file, or None when it is sound (or absent)."""
+    if not path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(path)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if row and row[0] == "ok" else str(row[0] if row else "no answer").strip().splitlines()[-1]
+
+
+def set_aside_damaged_index(home: Path) -> tuple[str, Path] | None:
+    """Move a damaged index out of the way (nothing is deleted), so the next Library rebuilds it from the
+    object files; returns (what was wrong, where it went), or None when the index is sound."""
+    damage = index_damage(home / "index.sqlite")
+    if not damage:
+        return None
+    aside = home / f"index.sqlite.damaged-{int(time.time())}"
+    (home / "index.sqlite").replace(aside)
+    for extra in ("index.sqlite-wal", "index.sqlite-shm"):
+        (home / extra).unlink(missing_ok=True)
+    return damage, aside
+
+
 def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not TAG_RULE.fullmatch(tag):
         raise StudioError(f"invalid tag {tag!r}: use up to 64 letters, digits, '_', '.', ':' or '-'")
@@ -184,15 +228,10 @@ class Library:
 
     def put(self, obj: StoredObject, name: str | None = None, tags: Iterable[str] = ()) -> str:
         """Store an object (once per content id), then name and tag it; returns its id."""
-        if name is not None:
-            check_name(name)
         tags = [check_tag(t) for t in tags]
         object_id = obj.id
         if name is not None:
-            owner = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
-            if owner and owner[0] != object_id:
-                raise StudioError(f"the name {name!r} already refers to {owner[0][:12]}; "
-                                  f"pick another name or remove it first (studio latents rm {name})")
+            self.check_free(name, object_id)
         for parent in obj.lineage.parents if obj.lineage else ():
             if not self.exists(parent):
                 raise StudioError(f"parent {parent[:12]} of this object is not in the library")
@@ -240,10 +279,7 @@ class Library:
 
     def name(self, ref: str, name: str) -> str:
         object_id = self.resolve(ref)
-        check_name(name)
-        owner = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
-        if owner and owner[0] != object_id:
-            raise StudioError(f"the name {name!r} already refers to {owner[0][:12]}")
+        self.check_free(name, object_id)
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO names(name, id) VALUES (?, ?)", (name, object_id))
         return object_id
@@ -377,6 +413,15 @@ class Library:
         """The id a name refers to, or None if the name is free."""
         row = self.db.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
+
+    def check_free(self, name: str, object_id: str | None = None) -> str:
+        """A valid name that is free (or already names ``object_id``): checked before work is stored under it."""
+        check_name(name)
+        owner = self.name_owner(name)
+        if owner is not None and owner != object_id:
+            raise StudioError(f"the name {name!r} already refers to {owner[:12]}; "
+                              f"pick another name or remove it first (studio latents rm {name})")
+        return name
 
     def names_of(self, object_id: str) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM names WHERE id = ? ORDER BY name", (object_id,))]

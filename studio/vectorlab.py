@@ -19,6 +19,7 @@ from studio import vectors as vx
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage, Vector
 from studio.space import Space
+from studio.store import numbered_names
 
 if TYPE_CHECKING:
     from studio.session import Session, Stored
@@ -40,6 +41,16 @@ def check_strengths(strengths: list[float]) -> list[float]:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or abs(s) > MAX_STRENGTH:
             raise StudioError(f"strength {s!r} is not a number between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
     return [float(s) for s in strengths]
+
+
+def parse_attribute(text: Any) -> dict[str, str] | None:
+    """NAME:FROM:TO (e.g. style:noto:twemoji) -> {"name", "from", "to"}; empty -> None."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) != 3 or not all(parts):
+        raise StudioError(f"attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {text!r}")
+    return dict(zip(("name", "from", "to"), parts))
 
 
 def check_nonzero(tensor: torch.Tensor, scale: float, what: str) -> torch.Tensor:
@@ -130,9 +141,8 @@ class VectorLab:
             raise StudioError(f"k must be a whole number of directions from 1 to 64, not {k!r}")
         if space == "w" and (isinstance(samples, bool) or not isinstance(samples, int) or not k < samples <= 100_000):
             raise StudioError(f"samples must be a whole number above k={k} and at most 100000, not {samples!r}")
-        names = [f"{prefix}{i}" for i in range(k)] if prefix else []
-        for n in names:  # every name checked before anything is stored
-            self._check_free(n, None)
+        for i in range(k) if prefix else ():  # every name checked before anything is stored
+            self.library.check_free(f"{prefix}{i}")
         adapter = self.session.adapter(model)
         if space == "w":
             if not hasattr(adapter, "sample_w"):
@@ -189,8 +199,7 @@ class VectorLab:
         if mode == "sdedit" and (isinstance(sdedit_strength, bool) or not isinstance(sdedit_strength, (int, float))
                                  or not 0 < sdedit_strength <= 1):
             raise StudioError(f"the SDEdit strength must be a number in (0, 1], not {sdedit_strength!r}")
-        names = [name if (name and len(strengths) == 1) else (f"{name}-{i + 1}" if name else None)
-                 for i in range(len(strengths))]
+        names = numbered_names(name, len(strengths))
         tid, vid = self.library.resolve(target), self.library.resolve(vector)
         v = self.library.get(vid)
         if not isinstance(v, Vector):
@@ -218,19 +227,10 @@ class VectorLab:
                 lineage = Lineage("sdedit", {"s": s, "strength": float(sdedit_strength)}, (tid, vid))
                 edited = Generation(roles, g.model, settings, {}, lineage)
             if n is not None:
-                self._check_free(n, edited.id)
+                self.library.check_free(n, edited.id)
             edits.append((edited, n))
         # 2. Then stored, each with its lineage.
         return [self._put(obj, n) for obj, n in edits]
-
-    def _check_free(self, name: str, object_id: str | None) -> None:
-        """A valid name that is free, or already names ``object_id``."""
-        from studio.store import check_name
-
-        check_name(name)
-        owner = self.library.name_owner(name)
-        if owner is not None and owner != object_id:
-            raise StudioError(f"the name {name!r} already refers to {owner[:12]}; pick another name or prefix")
 
     def _check_hspace(self, base: Any, v: Vector, ref: str) -> None:
         """An h-space vector shifts the bottleneck of the UNet that rendered ``base``, at its size."""

@@ -54,6 +54,10 @@ def build(studio: Studio) -> gr.Blocks:
     private: dict[str, Any] = {"api_visibility": "private"}
     quiet: dict[str, Any] = {**private, "show_progress": "hidden"}  # small glue updates: no spinner
 
+    def model_picker(**options: Any) -> gr.Dropdown:
+        """The models this studio offers, opening on its own; any other spec may be typed in."""
+        return gr.Dropdown(studio.models(), value=studio.model, label="Model", allow_custom_value=True, **options)
+
     with gr.Blocks(title="Latent Studio", analytics_enabled=False) as demo:
         title = gr.HTML(studio.title(), elem_id="title")
         gr.Markdown(f"⚠ {studio.notice}", visible=bool(studio.notice), elem_classes="ls-notice", elem_id="notice")
@@ -65,9 +69,7 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate") as tab_generate:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=290):
-                        model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
-                                            allow_custom_value=True, elem_id="model",
-                                            info="a built-in name, a diffusers folder or a hub id")
+                        model = model_picker(elem_id="model", info="a built-in name, a diffusers folder or a hub id")
                         prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a cat wearing sunglasses",
                                             visible=diffusion, elem_id="prompt")
                         with gr.Row(equal_height=True):
@@ -150,8 +152,7 @@ def build(studio: Studio) -> gr.Blocks:
                             enc_image = gr.Image(type="filepath", label="A picture to encode into VAE space",
                                                  height=200, elem_id="enc-image")
                             with gr.Row():
-                                enc_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
-                                                        allow_custom_value=True)
+                                enc_model = model_picker()
                                 enc_name = gr.Textbox(label="Name", placeholder="optional")
                                 enc_btn = gr.Button("Encode", elem_id="enc-btn")
                             enc_info = gr.JSON(label="Stored latent")
@@ -159,8 +160,7 @@ def build(studio: Studio) -> gr.Blocks:
                             inv_image = gr.Image(type="filepath", label="A picture to invert (to edit it)",
                                                  height=200, elem_id="inv-image")
                             with gr.Row():
-                                inv_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
-                                                        allow_custom_value=True)
+                                inv_model = model_picker()
                                 inv_name = gr.Textbox(label="Name", placeholder="optional", elem_id="inv-name")
                             with gr.Row():
                                 inv_prompt = gr.Textbox(label="Prompt (diffusion)", placeholder="optional")
@@ -225,8 +225,7 @@ def build(studio: Studio) -> gr.Blocks:
                                                   placeholder="a photo of a street at {}", scale=3,
                                                   elem_id="pp-templates")
                     with gr.Row(equal_height=True):
-                        pp_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
-                                               allow_custom_value=True, scale=2)
+                        pp_model = model_picker(scale=2)
                         pp_attr = gr.Textbox(label="Attribute (for scoring)", placeholder="style:noto:twemoji",
                                              scale=2, elem_id="pp-attr")
                         pp_name = gr.Textbox(label="Vector name", placeholder="day_to_night", scale=2,
@@ -236,8 +235,7 @@ def build(studio: Studio) -> gr.Blocks:
                                 "embeddings of prompts, with the share of variance each explains; name the "
                                 "ones that do something.", elem_classes="ls-hint")
                     with gr.Row(equal_height=True):
-                        pc_model = gr.Dropdown(studio.models(), value=studio.model, label="Model",
-                                               allow_custom_value=True, scale=2)
+                        pc_model = model_picker(scale=2)
                         pc_space = gr.Radio(["w", "text"], value="text" if diffusion else "w", label="Space",
                                             scale=1)
                         pc_k = gr.Slider(1, 16, value=6, step=1, label="Directions", scale=2)

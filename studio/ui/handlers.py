@@ -31,6 +31,8 @@ from PIL import Image, ImageDraw
 from studio.errors import ExpressionError, StudioError
 from studio.objects import Generation
 from studio.session import Session, Stored
+from studio.store import check_tag, numbered_names
+from studio.vectorlab import parse_attribute
 
 TINY_STEPS = 4  # the tiny test models render noise at any step count; keep them fast
 MAX_UI_COUNT = 16  # generations per click
@@ -121,16 +123,6 @@ def refs_of(value: Any, what: str) -> list[str]:
 def md_escape(text: str) -> str:
     """Text shown inside Markdown as written (space names like ``noise[...](4x8x8)`` are not links)."""
     return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", text)
-
-
-def parse_attribute(text: Any) -> dict[str, str] | None:
-    """NAME:FROM:TO (e.g. style:noto:twemoji) -> {"name", "from", "to"}; empty -> None."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    parts = [p.strip() for p in str(text).split(":")]
-    if len(parts) != 3 or not all(parts):
-        raise StudioError(f"attribute takes NAME:FROM:TO (e.g. style:noto:twemoji), got {text!r}")
-    return dict(zip(("name", "from", "to"), parts))
 
 
 def text_or_none(value: Any, what: str) -> str | None:
@@ -381,8 +373,6 @@ class Studio:
         """Give a stored object a name and/or tags (comma or space separated); returns its summary."""
         if not isinstance(ref, str) or not ref.strip():
             raise StudioError("select a picture first")
-        from studio.store import check_name, check_tag
-
         name = optional_name(text_or_none(name, "name"))
         tag_list = [check_tag(t) for t in re.split(r"[,\s]+", text_or_none(tags, "tags") or "") if t]
         if name is None and not tag_list:
@@ -390,10 +380,7 @@ class Studio:
         with self._library:
             object_id = self.session.library.resolve(ref)
             if name:  # checked before anything is attached: a bad tag or a taken name changes nothing
-                check_name(name)
-                owner = self.session.library.name_owner(name)
-                if owner not in (None, object_id):
-                    raise StudioError(f"the name {name!r} already refers to {owner[:12]}")
+                self.session.library.check_free(name, object_id)
             if name:
                 self.session.library.name(object_id, name)
             for t in tag_list:
@@ -774,13 +761,12 @@ class Studio:
         lab = self._vectors()
         with self._library:
             models = {self.session.library.record(t).model for t in goals} - {None}
-        names = [name if (name and len(goals) == 1) else (f"{name}-{i + 1}" if name else None)
-                 for i in range(len(goals))]
+        names = numbered_names(name, len(goals))
         with self.using(models, progress):  # sdedit and h-space modes run the model while applying
             with self._library:
                 for n in names:  # every result name free before the first target is edited
-                    if n is not None and (owner := self.session.library.name_owner(n)) is not None:
-                        raise StudioError(f"the name {n!r} already refers to {owner[:12]}; pick another name")
+                    if n is not None:
+                        self.session.library.check_free(n)
                 applied = []
                 for t, n in zip(goals, names, strict=True):
                     applied += lab.apply(t, vector, [strength], mode=mode, name=n)
