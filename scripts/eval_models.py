@@ -5,7 +5,8 @@ For each generator (emoji-diffusion, emoji-gan), on samples made for every categ
     (diffusion prompts name an emoji of the category, "red apple, food and drink, noto style",
     from prompts/emoji_prompts.txt; also printed: "food and drink, noto style" alone, the
     condition the GAN gets; and, for reference, how often the judge reads real pictures of the
-    prompts' emoji as their category);
+    prompts' emoji as their category; and, for a latent diffusion model, the same judge on the
+    held-out pictures after a round trip through the model's VAE: what the latent space allows);
   * Fréchet distance of the judge's penultimate features to held-out real images, beside
     two references computed in the same run with the same sample count: real train vs
     held-out (the floor) and per-category mean images plus noise (the ceiling);
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_data import CATEGORIES, STYLES, category_phrase, load_emoji  # noqa: E402
@@ -134,6 +136,11 @@ def main() -> None:
     print(f"  real pictures of the prompts' emoji ({named} of {len(emoji_prompts())} prompts name one): "
           f"category judged as labelled {real_cat:.1%}")
 
+    held_judged = judge.predict(to_tensor(held))
+    held_cat, held_sty = (float(np.mean([v == lab[k] for v, lab in zip(held_judged[k], held_labels, strict=True)]))
+                          for k in ("category", "style"))
+    print(f"  held-out real pictures judged as labelled: category {held_cat:.1%}, style {held_sty:.1%}")
+
     # diversity reference: every held-out real smiley, the same for every model
     div_real = pairwise(features(judge, to_tensor(held[cats == 0])))
 
@@ -159,6 +166,9 @@ def main() -> None:
                 v2 = judge.predict(session.render(adapter.sample([args.seed + i for i in range(n)], short,
                                                                  **settings)))
                 cat_short, sty_short = adherence(v2, jobs)
+                trip = judge.predict(adapter.decode(adapter.encode([Image.fromarray(im) for im in held])))
+                trip_cat, trip_sty = (float(np.mean([v == lab[k] for v, lab in zip(trip[k], held_labels, strict=True)]))
+                                      for k in ("category", "style"))
             fd = frechet(features(judge, images), f_held)
             # diversity: one prompt, many seeds, against real images of that category
             prompt = "grinning face, smileys and emotion, twemoji style"
@@ -173,6 +183,8 @@ def main() -> None:
             if adapter.family == "diffusion":
                 print(f"  adherence to 'category, style' prompts (no emoji name): category {cat_short:6.1%}, "
                       f"style {sty_short:6.1%}")
+                print(f"  held-out real pictures after a VAE round trip, judged as labelled: category {trip_cat:6.1%}, "
+                      f"style {trip_sty:6.1%} (what the latent space allows)")
             print("  per category: " + ", ".join(f"{c.split(' ')[0]} {v:.0%}" for c, v in per_cat.items()))
             rel = (fd - floor) / (ceiling - floor)
             print(f"  Fréchet distance {fd:8.2f}  (floor {floor:.2f}, ceiling {ceiling:.2f}; "
