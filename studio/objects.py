@@ -49,6 +49,27 @@ def _canonical(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", torch.float32).contiguous()
 
 
+def _check_tensor(tensor: torch.Tensor, space: Space, what: str) -> None:
+    """A tensor that fits its space, holds at least one value, and no NaN or Inf."""
+    if tuple(tensor.shape) != space.shape:
+        raise StudioError(f"tensor of shape {tuple(tensor.shape)} does not fit space {space}")
+    if tensor.numel() == 0:
+        raise StudioError(f"{what} in {space} holds no values (shape {tuple(tensor.shape)})")
+    check_finite(tensor, f"{what} in {space}")
+
+
+def check_finite_settings(value: Any, what: str = "settings") -> None:
+    """Refuse NaN or Inf anywhere in JSON-like settings: a model cannot render with them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise StudioError(f"{what} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite_settings(v, f"{what}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite_settings(v, f"{what}[{i}]")
+
+
 def _hash(parts: list[bytes]) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -69,11 +90,7 @@ class Latent:
 
     def __post_init__(self):
         self.tensor = _canonical(self.tensor)
-        if tuple(self.tensor.shape) != self.space.shape:
-            raise StudioError(
-                f"tensor of shape {tuple(self.tensor.shape)} does not fit space {self.space}"
-            )
-        check_finite(self.tensor, f"latent in {self.space}")
+        _check_tensor(self.tensor, self.space, "latent")
 
     @property
     def id(self) -> str:
@@ -97,9 +114,7 @@ class Vector:
 
     def __post_init__(self):
         self.tensor = _canonical(self.tensor)
-        if tuple(self.tensor.shape) != self.space.shape:
-            raise StudioError(f"tensor of shape {tuple(self.tensor.shape)} does not fit space {self.space}")
-        check_finite(self.tensor, f"vector in {self.space}")
+        _check_tensor(self.tensor, self.space, "vector")
 
     @property
     def id(self) -> str:
@@ -123,6 +138,7 @@ class Generation:
     def __post_init__(self):
         if not self.roles:
             raise StudioError("a generation needs at least one latent role")
+        check_finite_settings(self.settings)
 
     @property
     def id(self) -> str:

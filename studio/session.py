@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from studio import expr, formats
+from studio.checks import check_int, check_path, check_seed, check_tags, check_text
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
 from studio.space import Space
@@ -24,6 +25,7 @@ from studio.store import Library, Record, atomic_write, check_name, check_tag, m
 
 DEFAULT_MODEL = "emoji-diffusion"
 MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
+INVERT_OPTIONS = ("category", "style")  # what a conditional GAN's projection takes besides steps
 Progress = Callable[[int, int], None]
 
 
@@ -95,17 +97,17 @@ class Session:
     # ---- sampling ----
 
     def sample(self, model: str | None = None, prompt: str | None = None, seed: int | None = None,
-               count: int = 1, name: str | None = None, tags: Iterable[str] = (), store: bool = True,
+               count: int = 1, name: str | None = None, tags: Iterable[str] | None = None, store: bool = True,
                **settings: Any) -> list[Stored]:
         """Draw ``count`` generations (seeds seed, seed+1, ...) and store each (unless ``store`` is false)."""
-        if not 1 <= count <= MAX_COUNT:
-            raise StudioError(f"count must be between 1 and {MAX_COUNT}, got {count}")
+        check_int(count, "count", 1, MAX_COUNT)
         if name is not None:
             check_name(name)
+        check_text(prompt, "prompt", optional=True)
+        tags = [check_tag(t) for t in check_tags(tags)]
         if seed is None:
             seed = secrets.randbelow(2**31)
-        if not 0 <= seed < 2**63:
-            raise StudioError(f"seed must be between 0 and 2^63-1, got {seed}")
+        check_seed(seed, count)
         names = numbered_names(name, count)
         for n in names:
             if n is not None:
@@ -117,7 +119,6 @@ class Session:
             g.lineage = g.lineage or Lineage("sample", {k: g.meta[k] for k in ("seed", "prompt") if k in g.meta})
         if not store:
             return [Stored(g.id, None, g) for g in gens]
-        tags = list(tags)
         return [Stored(self.library.put(g, n, tags), n, g) for g, n in zip(gens, names)]
 
     # ---- the algebra ----
@@ -126,10 +127,12 @@ class Session:
         return self.library.get(ref)
 
     def evaluate(self, source: str, name: str | None = None, bindings: dict[str, float] | None = None,
-                 scope: dict[str, Stored] | None = None, store: bool = True, tags: Iterable[str] = ()) -> Stored:
+                 scope: dict[str, Stored] | None = None, store: bool = True,
+                 tags: Iterable[str] | None = None) -> Stored:
         """Evaluate an expression over stored objects; store the result with its lineage."""
         if name is not None:
             check_name(name)
+        tags = [check_tag(t) for t in check_tags(tags)]
         tree = expr.parse(source)
         scope = scope or {}
         ids: dict[str, str] = {}
@@ -146,7 +149,6 @@ class Session:
             raise StudioError(f"'{source}' gives the number {value:g}, not a latent; use @name to refer to stored objects")
         if isinstance(tree, expr.Ref):  # a bare reference: the object itself, named and tagged as asked
             object_id = ids[tree.name]
-            tags = [check_tag(t) for t in tags]
             if store and name:
                 self.library.name(object_id, name)
             for t in tags if store else ():
@@ -166,11 +168,16 @@ class Session:
 
     def render(self, gens: list[Generation], progress: Progress | None = None) -> list[Image.Image]:
         """Pictures for generations, batched per model."""
+        if not isinstance(gens, (list, tuple)):
+            raise StudioError(f"render takes a list of Generation objects (refs go to render_refs), got {gens!r}")
+        _check_progress(progress)
         images: list[Image.Image | None] = [None] * len(gens)
         by_model: dict[str, list[int]] = {}
         for i, g in enumerate(gens):
-            if not isinstance(g, Generation):
+            if isinstance(g, (Latent, Vector)):
                 raise StudioError(f"only generations can be rendered; got a {g.kind} (in {g.space})")
+            if not isinstance(g, Generation):
+                raise StudioError(f"render takes Generation objects (refs go to render_refs), got {g!r}")
             by_model.setdefault(g.model, []).append(i)
         for model, idx in by_model.items():
             for i, im in zip(idx, self.adapter(model).render([gens[i] for i in idx], progress)):
@@ -180,7 +187,7 @@ class Session:
     def render_to(self, items: list[Stored], out: str | os.PathLike, progress: Progress | None = None,
                   filenames: list[str] | None = None) -> list[Path]:
         """Render stored generations into PNGs (named by label) that carry their generation."""
-        out_dir = make_folder(out)
+        out_dir = make_folder(check_path(out, "out"))
         gens = [self._as_generation(s.obj) for s in items]
         images = self.render(gens, progress)
         paths = []
@@ -190,6 +197,9 @@ class Session:
         return paths
 
     def render_refs(self, refs: list[str], out: str | os.PathLike, progress: Progress | None = None) -> list[Path]:
+        check_path(out, "out")
+        if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
+            raise StudioError(f"refs must be a list of names or id prefixes, got {refs!r}")
         items = []
         for ref in refs:
             object_id = self.library.resolve(ref)
@@ -208,13 +218,17 @@ class Session:
 
     def export(self, ref: str, path: str | os.PathLike) -> Path:
         """Export to ``.safetensors`` (our self-describing file) or ``.latent`` (ComfyUI, VAE latents)."""
+        path = check_path(path, "path")
         obj = self.library.get(ref)
-        path = Path(path)
-        if path.suffix == ".latent":
+        if self.library.owns(path):  # an object file overwritten by another's content would be lost
+            raise StudioError(f"cannot export to {path}: it is one of the library's own files "
+                              f"(objects and index in {self.library.home}); choose a path outside them")
+        suffix = path.suffix.lower()
+        if suffix == ".latent":
             if not isinstance(obj, Latent):
                 raise StudioError(f"only VAE-space latents export to ComfyUI .latent files; {ref} is a {obj.kind}")
             data = formats.to_comfy(obj)
-        elif path.suffix == ".safetensors":
+        elif suffix == ".safetensors":
             data = formats.to_bytes(obj)
         else:
             raise StudioError(f"unknown export format {path.suffix or '(none)'!r}: use .safetensors or .latent")
@@ -226,19 +240,20 @@ class Session:
 
     def import_file(self, path: str | os.PathLike, name: str | None = None, model: str | None = None) -> list[Stored]:
         """Import a Latent Studio ``.safetensors`` file, a ComfyUI ``.latent`` or a studio PNG."""
-        path = Path(path)
+        path = check_path(path, "path")
         if name is not None:
             check_name(name)
         if not path.is_file():
             raise StudioError(f"no such file: {path}")
-        if path.suffix.lower() not in (".png", ".safetensors", ".latent"):
+        suffix = path.suffix.lower()
+        if suffix not in (".png", ".safetensors", ".latent"):
             raise StudioError(f"cannot import {path.name}: import takes a studio PNG, a .safetensors file "
                               f"or a ComfyUI .latent")
-        if path.suffix.lower() == ".png":
-            gen, _ = formats.read_png(path)
+        if suffix == ".png":
+            gen = self._foreign_parents_noted(formats.read_png(path)[0])
             return [Stored(self.library.put(gen, name), name, gen)]
         data = path.read_bytes()
-        if path.suffix == ".latent":
+        if suffix == ".latent":
             tensors = formats.from_comfy(data, str(path))
             if model is None:
                 raise StudioError("a ComfyUI .latent file does not say which VAE made it; "
@@ -249,24 +264,29 @@ class Session:
                                   "imported into it; name a diffusion model with --model")
             h, w = tensors[0].shape[-2:]
             space: Space = adapter.vae_space(h * adapter.scale, w * adapter.scale)
-            out = []
-            for i, t in enumerate(tensors):
+            lats = []
+            for t in tensors:
                 if tuple(t.shape) != space.shape:
                     raise StudioError(f"{path}: latent of shape {tuple(t.shape)} does not fit {space}")
-                lat = Latent(t, space, {"model": adapter.spec, "scale": "unscaled", "source": path.name},
-                             Lineage("import", {"file": path.name, "format": "comfyui"}))
-                n = name if len(tensors) == 1 else (f"{name}-{i + 1}" if name else None)
-                out.append(Stored(self.library.put(lat, n), n, lat))
-            return out
-        obj, _ = formats.from_bytes(data, str(path))
-        if obj.lineage:
-            missing = [p for p in obj.lineage.parents if not self.library.exists(p)]
-            if missing:  # lineage that points outside this library is kept as a note, not as links
-                obj.lineage = Lineage(obj.lineage.op, {**obj.lineage.params, "foreign_parents": list(obj.lineage.parents)})
+                lats.append(Latent(t, space, {"model": adapter.spec, "scale": "unscaled", "source": path.name},
+                                   Lineage("import", {"file": path.name, "format": "comfyui"})))
+            names = numbered_names(name, len(lats))
+            for lat, n in zip(lats, names):  # every name checked before any item is stored
+                if n is not None:
+                    self.library.check_free(n, lat.id)
+            return [Stored(self.library.put(lat, n), n, lat) for lat, n in zip(lats, names)]
+        obj = self._foreign_parents_noted(formats.from_bytes(data, str(path))[0])
         return [Stored(self.library.put(obj, name), name, obj)]
+
+    def _foreign_parents_noted(self, obj: StoredObject) -> StoredObject:
+        """An imported object whose parents are not all in this library keeps them as a note, not as links."""
+        if obj.lineage and not all(self.library.exists(p) for p in obj.lineage.parents):
+            obj.lineage = Lineage(obj.lineage.op, {**obj.lineage.params, "foreign_parents": list(obj.lineage.parents)})
+        return obj
 
     def encode_image(self, path: str | os.PathLike, model: str | None = None, name: str | None = None) -> Stored:
         """Encode a picture into the model's VAE space (unscaled) and store it."""
+        path = check_path(path, "path")
         if name is not None:
             check_name(name)
         image = open_image(path)
@@ -275,9 +295,17 @@ class Session:
         lat.lineage = Lineage("encode", {"file": Path(path).name})
         return Stored(self.library.put(lat, name), name, lat)
 
-    def invert(self, path: str | os.PathLike, model: str | None = None, prompt: str = "", steps: int | None = None,
-               name: str | None = None, **options: Any) -> Stored:
+    def invert(self, path: str | os.PathLike, model: str | None = None, prompt: str | None = "",
+               steps: int | None = None, name: str | None = None, progress: Progress | None = None,
+               **options: Any) -> Stored:
         """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
+        path = check_path(path, "path")
+        prompt = check_text(prompt, "prompt", optional=True) or ""
+        _check_progress(progress)
+        unknown = sorted(set(options) - set(INVERT_OPTIONS))
+        if unknown:
+            raise StudioError(f"invert takes no option {', '.join(map(repr, unknown))}; "
+                              f"its options are {', '.join(INVERT_OPTIONS)} (a conditional GAN's projection)")
         if name is not None:
             self.library.check_free(name)  # checked before the slow work
         image = open_image(path)
@@ -291,7 +319,7 @@ class Session:
         elif hasattr(adapter, "project"):
             if options and getattr(adapter, "vocabulary", None) is None:
                 raise StudioError(f"{adapter.spec} is an unconditional GAN: it takes no {', '.join(sorted(options))}")
-            gen = adapter.project(image, _steps(steps, 300, 10_000, "GAN projection"), **options)
+            gen = adapter.project(image, _steps(steps, 300, 10_000, "GAN projection"), progress=progress, **options)
         else:
             raise StudioError(f"model {adapter.spec} cannot invert pictures")
         gen.lineage = Lineage(gen.lineage.op if gen.lineage else "invert",
@@ -311,6 +339,11 @@ class Session:
                 "children": self.library.children(rec.id), "path": str(self.library.path_of(rec.id))}
 
 
+def _check_progress(progress: Any) -> None:
+    if progress is not None and not callable(progress):
+        raise StudioError(f"progress must be a function (done, total) or None, got {progress!r}")
+
+
 def _steps(steps: int | None, default: int, most: int, what: str) -> int:
     """The step count asked for (None: the default), a whole number from 1 to ``most``."""
     if steps is None:
@@ -325,6 +358,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 def open_image(path: str | os.PathLike) -> Image.Image:
     """An RGB picture from a file, refusing what is not an image or is absurdly large."""
+    path = check_path(path, "path")
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:

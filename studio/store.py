@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import formats
+from studio.checks import check_int, check_path, check_tags
 from studio.errors import StudioError
 from studio.objects import Generation, StoredObject, Vector
 
@@ -67,6 +68,7 @@ def numbered_names(name: str | None, count: int) -> list[str | None]:
 
 def make_folder(folder: str | os.PathLike) -> Path:
     """An output folder, created if missing; one clear error when it cannot be."""
+    folder = check_path(folder, "output folder")
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,7 +204,7 @@ class Library:
     """The persistent collection of latents, generations and vectors under one folder."""
 
     def __init__(self, home: str | os.PathLike):
-        self.home = Path(home).expanduser()
+        self.home = check_path(home, "home").expanduser()
         self.objects_dir = self.home / "objects"
         try:
             self.objects_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +223,12 @@ class Library:
     def path_of(self, object_id: str) -> Path:
         return self.objects_dir / object_id[:2] / f"{object_id}.safetensors"
 
+    def owns(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` (symlinks resolved) is among the library's own files: the object folder or the index."""
+        path = Path(path).resolve()
+        return path.is_relative_to(self.objects_dir.resolve()) or (
+            path.parent == self.home.resolve() and path.name.startswith("index.sqlite"))
+
     def _tx(self):
         return _Transaction(self.db)
 
@@ -228,7 +236,7 @@ class Library:
 
     def put(self, obj: StoredObject, name: str | None = None, tags: Iterable[str] = ()) -> str:
         """Store an object (once per content id), then name and tag it; returns its id."""
-        tags = [check_tag(t) for t in tags]
+        tags = [check_tag(t) for t in check_tags(tags)]
         object_id = obj.id
         if name is not None:
             self.check_free(name, object_id)
@@ -326,7 +334,9 @@ class Library:
 
     def resolve(self, ref: str) -> str:
         """The id a reference means: ``@name``, ``name``, or a unique id prefix (at least 4 hex digits)."""
-        if not isinstance(ref, str) or not ref.strip():
+        if not isinstance(ref, str):
+            raise StudioError(f"a reference must be text (a name or an id prefix), got {ref!r}")
+        if not ref.strip():
             raise StudioError("empty reference; give a name or an id prefix")
         key = ref[1:] if ref.startswith("@") else ref
         row = self.db.execute("SELECT id FROM names WHERE name = ?", (key,)).fetchone()
@@ -362,6 +372,8 @@ class Library:
            space: str | None = None, text: str | None = None, limit: int | None = None,
            ids: list[str] | None = None) -> list[Record]:
         """Index rows, newest first, filtered without opening a single object file."""
+        if limit is not None:
+            check_int(limit, "limit", 1)
         where, args = [], []
         if ids is not None:
             where.append(f"o.id IN ({','.join('?' * len(ids))})")
@@ -387,7 +399,7 @@ class Library:
                "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "
                "FROM objects o" + (" WHERE " + " AND ".join(where) if where else "") +
-               " ORDER BY o.created DESC, o.id" + (f" LIMIT {int(limit)}" if limit else ""))
+               " ORDER BY o.created DESC, o.id" + (f" LIMIT {limit}" if limit else ""))
         return [Record(r[0], r[1], r[2], _json(r[3]), r[4], r[5],
                        tuple(sorted(r[7].split("\x1f"))) if r[7] else (),
                        tuple(sorted(r[8].split("\x1f"))) if r[8] else (), _json(r[6]))
