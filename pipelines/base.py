@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from studio.checks import check_text
 from studio.errors import StudioError
 from studio.objects import Generation, Latent
 from studio.space import Space
@@ -16,15 +17,25 @@ from studio.space import Space
 Progress = Callable[[int, int], None]  # (done, total) steps
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA with fp16 (bf16 if asked) when present, CPU fp32 otherwise."""
+    """CUDA with fp16 (bf16 if asked) when present, CPU fp32 otherwise; an unknown or absent device is refused."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dtype is None:
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
-    else:
-        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        dev = torch.device(check_text(device, "device"))
+    except RuntimeError:  # a malformed name; torch's message would list every device type it knows
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise StudioError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+    if (dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count()) or (
+            dev.type == "mps" and not torch.backends.mps.is_available()):
+        raise StudioError(f"device {device!r} is not available on this machine; use cpu")
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
+        raise StudioError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    dt = DTYPES[dtype] if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
     return dev, dt
 
 

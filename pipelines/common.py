@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from studio.checks import check_seed, check_text
 from studio.errors import StudioError
 
 
@@ -66,9 +67,13 @@ def check_number(settings: dict, name: str, low: float, high: float, integer: bo
 
 def check_prompts(seeds: list[int], prompts: list[str] | None) -> list[str]:
     """One prompt per seed ("" when none are given); a single prompt pairs with every seed."""
-    if not seeds:
-        raise StudioError("sampling needs at least one seed")
-    prompts = [""] if prompts is None else list(prompts)
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
+        raise StudioError(f"sampling needs a list of at least one seed, got {seeds!r}")
+    for seed in seeds:
+        check_seed(seed)
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple, type(None))):
+        raise StudioError(f"prompts must be a list of text (one, or one per seed), got {prompts!r}")
+    prompts = [""] if prompts is None else [check_text(p, "prompt") for p in prompts]
     if len(prompts) == 1:
         prompts = prompts * len(seeds)
     if len(prompts) != len(seeds):

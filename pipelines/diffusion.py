@@ -212,11 +212,14 @@ class DiffusionAdapter(PipelineAdapter):
         """UNet mid-block output (Kwon et al.'s h-space) for a height x width picture."""
         d = self.default_settings()
         h, w = (height or d["height"]) // self.scale, (width or d["width"]) // self.scale
-        for _ in range(
-            len(self.pipe.unet.config.down_block_types) - 1
-        ):  # each down block but the last halves
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return Space("hspace", self.unet_family, (self.pipe.unet.config.block_out_channels[-1], h, w))
+        stride = self.hspace_stride
+        return Space("hspace", self.unet_family,
+                     (self.pipe.unet.config.block_out_channels[-1], math.ceil(h / stride), math.ceil(w / stride)))
+
+    @property
+    def hspace_stride(self) -> int:
+        """Latent cells per h-space cell along each side: each down block but the last halves the grid."""
+        return 2 ** (len(self.pipe.unet.config.down_block_types) - 1)
 
     def spaces(self) -> dict[str, Space]:
         d = self.default_settings()
@@ -261,8 +264,8 @@ class DiffusionAdapter(PipelineAdapter):
 
     def _scheduler(self, name: str):
         """The scheduler called ``name``, built once from the model's own scheduler config."""
-        if name not in self._schedulers:
-            if name not in SCHEDULERS:
+        if not isinstance(name, str) or name not in self._schedulers:
+            if name not in SCHEDULERS:  # a list or another non-text value is no scheduler name either
                 raise StudioError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
             self._schedulers[name] = getattr(diffusers, name).from_config(self.pipe.scheduler.config)
         return self._schedulers[name]
@@ -279,6 +282,9 @@ class DiffusionAdapter(PipelineAdapter):
     def sample(self, seeds: list[int], prompts: list[str] | None = None, **settings: Any) -> list[Generation]:
         """One generation per seed: noise from a CPU generator (unscaled) + the prompt's text latent."""
         settings = self._settings(settings)
+        if "sdedit" in settings:  # it renders from an init picture, which only an SDEdit edit holds
+            raise StudioError("the sdedit setting needs an init picture, which a sampled generation has not; "
+                              "make an SDEdit edit with vectors apply --mode sdedit")
         prompts = check_prompts(seeds, prompts)
         noise_space = self.noise_space(settings["height"], settings["width"])
         texts = self.encode_text(prompts).to("cpu", torch.float32)  # [N, L, D]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pipelines.base import Progress
 from pipelines.common import from_pil
+from studio.checks import check_text
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage
 
@@ -136,10 +137,10 @@ def _hdelta(gens: list[Generation], dev, dt) -> torch.Tensor | None:
 @torch.no_grad()
 def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> list[Latent]:
     """Mean mid-block activation over the first ``steps`` denoising steps of each generation (conditional half)."""
-    space = adapter.hspace_space()
     out = []
     for g in tqdm(gens, desc="h-space", leave=False, disable=None):
         s = adapter._settings(g.settings)
+        space = adapter.hspace_space(s["height"], s["width"])
         if s["steps"] < steps:
             raise StudioError(f"h-space probing over {steps} steps needs generations of at least {steps} steps")
         seen: list[torch.Tensor] = []
@@ -152,7 +153,7 @@ def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> 
         h = acts.mean(0)
         if tuple(h.shape) != space.shape:
             raise StudioError(f"h-space activations of shape {tuple(h.shape)} do not fit {space}")
-        out.append(Latent(h, space, {"model": adapter.spec, "steps": steps},
+        out.append(Latent(h, space, {"model": adapter.spec, "steps": steps, "hspace_stride": adapter.hspace_stride},
                           Lineage("hspace-probe", {"steps": steps})))
     return out
 
@@ -198,6 +199,7 @@ def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", step
     (alpha-bar < 1/2) the UNet's predicted noise follows the latent almost one to one and that
     iteration stalls, so there the predicted x0, which barely moves, is held fixed instead.
     """
+    check_text(prompt, "prompt")
     pipe = adapter.pipe
     d = adapter.default_settings()
     if image.size != (d["width"], d["height"]):

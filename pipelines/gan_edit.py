@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from pipelines.base import Progress, cpu_generator
 from pipelines.common import from_pil
+from studio.checks import check_int, check_seed
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage
 
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def sample_w(adapter: GanAdapter, n: int, seed: int = 0) -> torch.Tensor:
     """n untruncated w = mapping(z[, class]) from seeded z (classes spread evenly), [n, w_dim] on the CPU."""
-    if not 2 <= n <= 100_000:
-        raise StudioError(f"sample between 2 and 100000 w vectors, not {n}")
+    check_int(n, "the number of w samples", 2, 100_000)
+    check_seed(seed)
     z = torch.randn(n, adapter.config.z_dim, generator=cpu_generator(seed))
     c = None
     if adapter.config.num_classes:

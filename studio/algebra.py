@@ -54,10 +54,11 @@ def _tensor_op(fn: Callable[..., torch.Tensor], xs: list[Latent | Vector], *extr
         raise StudioError(str(exc)) from exc
     check_finite(out, "the result")
     base = next((x for x in xs if isinstance(x, Latent)), xs[0])
-    keep = {k: v for k, v in base.meta.items() if k in ("model", "scale", "generator_device")}
     if isinstance(base, Latent):
-        return Latent(out, base.space, keep)
-    return Vector(out, base.space, base.method, {})
+        keep = ("model", "scale", "generator_device")
+        return Latent(out, base.space, {k: v for k, v in base.meta.items() if k in keep})
+    # an h-space vector keeps its stride, so the sum or multiple of one is checked like the vector itself
+    return Vector(out, base.space, base.method, {k: v for k, v in base.meta.items() if k == "hspace_stride"})
 
 
 def _role_for(g: Generation, space: Space, what: str) -> str:
@@ -80,6 +81,21 @@ def _generation_op(name: str, gs: list[Generation], per_role: Callable[[str, lis
     return Generation(out, first.model, dict(first.settings), {})
 
 
+def _zero_delta(g: Generation, x: Latent | Vector) -> Latent:
+    """A zero h-space role for ``x``'s space, refused where it cannot fit ``g``: h-space shifts edit diffusion
+    generations, and the bottleneck is the noise grid shrunk by the UNet's ``hspace_stride`` (when ``x`` records it)."""
+    if "noise" not in g.roles:
+        raise SpaceMismatch(f"cannot add {describe(x)} to a generation of {g.model}: h-space shifts edit "
+                            "diffusion generations")
+    stride, grid = x.meta.get("hspace_stride"), g.roles["noise"].space.shape[1:]
+    if isinstance(stride, int) and stride > 0 and len(grid) == 2 and len(x.space.shape) == 3:
+        fits = (x.space.shape[0], *(math.ceil(n / stride) for n in grid))
+        if fits != x.space.shape:
+            raise SpaceMismatch(f"{describe(x)} was made at another picture size: this generation of {g.model} "
+                                f"has an h-space of {'x'.join(map(str, fits))}")
+    return Latent(torch.zeros(x.space.shape), x.space, {"model": g.model})
+
+
 def _pairwise(name: str, fn: Callable, a: Value, b: Value, *extra) -> Value:
     """Dispatch a two-operand op over the object types."""
     if isinstance(a, Generation) and isinstance(b, Generation):
@@ -88,7 +104,7 @@ def _pairwise(name: str, fn: Callable, a: Value, b: Value, *extra) -> Value:
         roles = dict(a.roles)
         if b.space.kind in DELTA_KINDS and not any(s == b.space for s in a.spaces.values()):
             # an absent delta role means "no shift": start it at zero
-            roles[b.space.kind] = Latent(torch.zeros(b.space.shape), b.space, {"model": a.model})
+            roles[b.space.kind] = _zero_delta(a, b)
             role = b.space.kind
         else:
             role = _role_for(a, b.space, name)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from studio import algebra
+from studio.checks import check_number, check_text
 from studio.errors import ExpressionError, StudioError
 from studio.objects import Lineage
 
@@ -233,7 +234,7 @@ class _Parser:
 
 def parse(source: str) -> Node:
     """Parse an expression into its tree, or raise ExpressionError pointing at the problem."""
-    return _Parser(source).parse()
+    return _Parser(check_text(source, "the expression")).parse()
 
 
 def refs(node: Node) -> list[str]:
@@ -277,7 +278,7 @@ class Evaluator:
     def __init__(self, source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None):
         self.source = source
         self.lookup = lookup
-        self.bindings = bindings or {}
+        self.bindings = check_bindings(bindings)
 
     def fail(self, message: str, node: Node) -> ExpressionError:
         return ExpressionError(message, self.source, node.pos)
@@ -333,8 +334,18 @@ class Evaluator:
             raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
 
 
+def check_bindings(bindings: dict[str, float] | None) -> dict[str, float]:
+    """Variable values for an expression: a mapping of names to finite real numbers (None: no variables)."""
+    if bindings is None:
+        return {}
+    if not isinstance(bindings, dict):
+        raise StudioError(f"bindings must be a mapping of variable names to numbers, got {bindings!r}")
+    return {check_text(k, "a binding's name"): check_number(v, f"binding {k!r}") for k, v in bindings.items()}
+
+
 def lineage_of(node: Node, source: str, parent_ids: list[str], evaluated_params: dict | None = None) -> Lineage:
-    """The lineage recorded for an expression's result: its top-level op, the parents, the source."""
+    """The lineage recorded for an expression's result: its top-level op, the parents, the source, and the
+    values of the variables it uses (``evaluated_params``: the bindings)."""
     if isinstance(node, Call):
         op = node.fn
     elif isinstance(node, BinOp):
@@ -352,7 +363,8 @@ def lineage_of(node: Node, source: str, parent_ids: list[str], evaluated_params:
         for name, arg in node.kwargs:
             if isinstance(arg, Num):
                 params[name] = arg.value
-    params.update(evaluated_params or {})
+    used = variables(node)
+    params.update({k: v for k, v in check_bindings(evaluated_params).items() if k in used and k != "expr"})
     return Lineage(op, params, tuple(parent_ids))
 
 

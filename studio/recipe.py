@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from studio import expr
+from studio.checks import check_int, check_path, check_text
 from studio.errors import StudioError
 from studio.objects import Generation
 from studio.session import Progress, Session, Stored
@@ -128,7 +129,7 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
-        path = Path(path)
+        path = check_path(path, "recipe path")
         try:
             if path.stat().st_size > MAX_RECIPE_BYTES:
                 raise StudioError(f"{path} is larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
@@ -141,6 +142,8 @@ class Recipe:
 
     @classmethod
     def parse(cls, text: str, source: str = "recipe") -> Recipe:
+        check_text(text, "a recipe")
+        check_text(source, "a recipe's source name")
         try:
             return cls._parse(text, source)
         except StudioError as exc:  # every message one line of bounded length
@@ -341,6 +344,11 @@ def run(session: Session, recipe: Recipe, out: str | os.PathLike | None = None,
     fails (a bad reference, two spaces combined, a setting the model refuses, a render error)
     leaves the library as it was. Only a failure while storing (a full disk) can leave part.
     """
+    if not isinstance(recipe, Recipe):
+        raise StudioError(f"run takes a Recipe (Recipe.load(path) or Recipe.parse(text)), got {_quote(recipe)}")
+    check_int(batch, "batch", 1)
+    if out is not None:
+        check_path(out, "out")
     src = recipe.source
     # the tag names the file; characters a tag may not hold become '_'
     tag = "recipe:" + re.sub(r"[^A-Za-z0-9_.:\-]", "_", Path(src).stem)[:57]

@@ -6,16 +6,15 @@ finds the model adapters a method needs (prompt encoders, w samplers, h-space pr
 
 from __future__ import annotations
 
-import math
 import os
 import string
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from studio import vectors as vx
+from studio.checks import check_number, check_path, check_seed, check_text
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage, Vector
 from studio.space import Space
@@ -31,14 +30,18 @@ MAX_STRENGTH = 1000.0  # far beyond any useful edit; larger values only make ove
 MAX_HSPACE_STEPS = 1000
 
 
-def check_strengths(strengths: list[float]) -> list[float]:
-    """A sweep of 1..MAX_STRENGTHS finite strengths of at most MAX_STRENGTH in size."""
+def check_strengths(strengths: float | list[float]) -> list[float]:
+    """One strength, or a sweep of 1..MAX_STRENGTHS finite strengths of at most MAX_STRENGTH in size."""
+    if isinstance(strengths, (int, float)) and not isinstance(strengths, bool):
+        strengths = [strengths]
+    if not isinstance(strengths, (list, tuple)):
+        raise StudioError(f"strengths must be a number or a list of numbers, got {strengths!r}")
     if not strengths:
         raise StudioError("give at least one strength")
     if len(strengths) > MAX_STRENGTHS:
         raise StudioError(f"{len(strengths)} strengths in one sweep; at most {MAX_STRENGTHS}")
     for s in strengths:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or abs(s) > MAX_STRENGTH:
+        if abs(check_number(s, "each strength")) > MAX_STRENGTH:
             raise StudioError(f"strength {s!r} is not a number between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
     return [float(s) for s in strengths]
 
@@ -72,7 +75,9 @@ class VectorLab:
 
         return Stored(self.library.put(v, name, tags), name, v)
 
-    def _resolve_all(self, refs: list[str]) -> tuple[list[str], list[Any]]:
+    def _resolve_all(self, refs: list[str], what: str) -> tuple[list[str], list[Any]]:
+        if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
+            raise StudioError(f"{what} must be a list of names or id prefixes, got {refs!r}")
         ids = [self.library.resolve(r) for r in refs]
         return ids, [self.library.get(i) for i in ids]
 
@@ -86,8 +91,9 @@ class VectorLab:
         if role == "hspace" and (isinstance(hspace_steps, bool) or not isinstance(hspace_steps, int)
                                  or not 1 <= hspace_steps <= MAX_HSPACE_STEPS):
             raise StudioError(f"hspace steps must be a whole number from 1 to {MAX_HSPACE_STEPS}, not {hspace_steps!r}")
-        ids_a, objs_a = self._resolve_all(refs_a)
-        ids_b, objs_b = self._resolve_all(refs_b)
+        check_attribute(attribute or None, "attribute")
+        ids_a, objs_a = self._resolve_all(refs_a, "set A")
+        ids_b, objs_b = self._resolve_all(refs_b, "set B")
         if role == "hspace":
             lat_a, lat_b = self._hspace(objs_a, hspace_steps), self._hspace(objs_b, hspace_steps)
         else:
@@ -97,8 +103,8 @@ class VectorLab:
         scale = float(torch.stack([x.tensor.double().norm() for x in lat_a + lat_b]).mean())
         check_nonzero(tensor, scale, "the direction from set A to set B (the two sets have the same mean)")
         meta = {"model": lat_a[0].meta.get("model"), "attribute": attribute or {}, "n_a": len(ids_a), "n_b": len(ids_b)}
-        if role == "hspace":
-            meta["hspace_steps"] = hspace_steps
+        if role == "hspace":  # the stride lets the algebra check the size of a generation it is added to
+            meta.update(hspace_steps=hspace_steps, hspace_stride=lat_a[0].meta.get("hspace_stride"))
         lineage = Lineage(f"vector-{method}", {"role": role or "default", "sets": [len(ids_a), len(ids_b)]},
                           tuple(ids_a + ids_b))
         method_name = "mean-difference" if method == "mean" else "linear-boundary"
@@ -125,10 +131,16 @@ class VectorLab:
             raise StudioError(f"model {adapter.spec} is not text-conditioned; prompt-pair vectors need a text encoder")
         space: Space = adapter.spaces()["text"]
 
+        norms: list[float] = []  # of the embeddings, the scale a zero direction is judged against
+
         def encode(prompts: list[str]) -> torch.Tensor:
-            return adapter.encode_text(prompts).to("cpu", torch.float32)
+            out = adapter.encode_text(prompts).to("cpu", torch.float32)
+            norms.append(float(out.double().flatten(1).norm(dim=1).mean()))
+            return out
 
         tensor = vx.prompt_pair(encode, spec["templates"], spec["from"], spec["to"], space)
+        check_nonzero(tensor, max(norms), f"the direction from {spec['from']!r} to {spec['to']!r} "
+                      "(the two phrases encode alike)")
         meta = {"model": adapter.spec, "attribute": spec.get("attribute", {}), "from": spec["from"], "to": spec["to"],
                 "templates": spec["templates"]}
         lineage = Lineage("vector-prompts", {"definition": spec.get("name"), "from": spec["from"], "to": spec["to"]})
@@ -141,6 +153,11 @@ class VectorLab:
             raise StudioError(f"k must be a whole number of directions from 1 to 64, not {k!r}")
         if space == "w" and (isinstance(samples, bool) or not isinstance(samples, int) or not k < samples <= 100_000):
             raise StudioError(f"samples must be a whole number above k={k} and at most 100000, not {samples!r}")
+        check_seed(seed)
+        check_text(prefix, "prefix", optional=True)
+        if prompts is not None and (not isinstance(prompts, (list, tuple))
+                                    or not all(isinstance(p, str) for p in prompts)):
+            raise StudioError(f"prompts must be a list of text, got {prompts!r}")
         for i in range(k) if prefix else ():  # every name checked before anything is stored
             self.library.check_free(f"{prefix}{i}")
         adapter = self.session.adapter(model)
@@ -157,23 +174,27 @@ class VectorLab:
             target = adapter.spaces()["text"]
         else:
             raise StudioError(f"discovery works in 'w' or 'text' space, not {space!r}")
-        if k >= len(x):
-            raise StudioError(f"{len(x)} samples give at most {len(x) - 1} directions; ask for fewer than k={k}")
+        distinct = len(torch.unique(x, dim=0))
+        if k >= distinct:
+            raise StudioError(f"{len(x)} samples ({distinct} distinct) give at most {distinct - 1} directions; "
+                              f"ask for fewer than k={k}, or give more varied prompts")
         dirs, ratios = vx.principal_directions(x, k)
-        out = []
+        scale = float(x.double().norm(dim=1).mean())
+        made = []  # every direction checked before any is stored
         for i, (d, r) in enumerate(zip(dirs, ratios)):
+            check_nonzero(d, scale, f"principal direction {i} (the samples vary along fewer than {k} directions)")
             v = Vector(d.reshape(target.shape), target, "pca",
                        {"model": adapter.spec, "component": i, "explained_variance": round(float(r), 6),
                         "samples": len(x)},
                        Lineage("vector-pca", {"space": space, "component": i, "samples": len(x), "seed": seed}))
-            out.append((self._store(v, f"{prefix}{i}" if prefix else None), float(r)))
-        return out
+            made.append((v, float(r)))
+        return [(self._store(v, f"{prefix}{i}" if prefix else None), r) for i, (v, r) in enumerate(made)]
 
     def condition(self, ref: str, on: list[str], name: str | None = None) -> Stored:
         """Remove from a vector its components along others, so editing one attribute spares those."""
         vid = self.library.resolve(ref)
         v = self.library.get(vid)
-        ids, others = self._resolve_all(on)
+        ids, others = self._resolve_all(on, "on")
         for o in [v, *others]:
             if not isinstance(o, Vector):
                 raise StudioError(f"conditioning works on vectors, got a {o.kind}")
@@ -185,8 +206,8 @@ class VectorLab:
 
     # ---- applying ----
 
-    def apply(self, target: str, vector: str, strengths: list[float], mode: str = "latent", name: str | None = None,
-              sdedit_strength: float = 0.6) -> list[Stored]:
+    def apply(self, target: str, vector: str, strengths: float | list[float], mode: str = "latent",
+              name: str | None = None, sdedit_strength: float = 0.6) -> list[Stored]:
         """target + s * vector for each strength s, stored with lineage (one object per strength).
 
         ``latent``: add to the role in the vector's space (text: the prompt moves, the noise stays);
@@ -266,8 +287,10 @@ class VectorLab:
 def load_definition(definition: str | os.PathLike | dict) -> dict[str, Any]:
     """Read and check a prompt-pair definition (see prompts/vectors/*.yaml)."""
     where = "vector definition"
+    if not isinstance(definition, (dict, str, os.PathLike)):
+        raise StudioError(f"a vector definition is a YAML file's path or a dict, got {definition!r}")
     if not isinstance(definition, dict):
-        path = Path(definition)
+        path = check_path(definition, "vector definition")
         where = str(path)
         try:
             definition = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -295,8 +318,12 @@ def load_definition(definition: str | os.PathLike | dict) -> dict[str, Any]:
             raise StudioError(f"{where}: template {t!r} is malformed ({exc}); write '{{{{' for a literal brace") from None
         if fields != [""]:
             raise StudioError(f"{where}: template {t!r} must hold exactly one '{{}}' (the phrase) and no other field")
-    attribute = definition.get("attribute")
+    check_attribute(definition.get("attribute"), f"{where}: 'attribute'")
+    return definition
+
+
+def check_attribute(attribute: Any, what: str) -> None:
+    """None, or the mapping parse_attribute makes: the text fields name, from and to."""
     if attribute is not None and (not isinstance(attribute, dict) or
                                   not all(isinstance(attribute.get(k), str) for k in ("name", "from", "to"))):
-        raise StudioError(f"{where}: 'attribute' must be a mapping with the text fields name, from and to")
-    return definition
+        raise StudioError(f"{what} must be a mapping with the text fields name, from and to")
