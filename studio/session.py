@@ -187,6 +187,9 @@ class Session:
     def render_to(self, items: list[Stored], out: str | os.PathLike, progress: Progress | None = None,
                   filenames: list[str] | None = None) -> list[Path]:
         """Render stored generations into PNGs (named by label) that carry their generation."""
+        bad = [f for f in filenames or () if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")]
+        if bad:
+            raise StudioError(f"file name {bad[0]!r} is not a plain file name inside {out}")
         out_dir = make_folder(check_path(out, "out"))
         gens = [self._as_generation(s.obj) for s in items]
         images = self.render(gens, progress)

@@ -11,7 +11,7 @@ from safetensors.torch import save
 from conftest import generation, noise_latent
 from studio import formats
 from studio.errors import StudioError
-from studio.session import Session
+from studio.session import Session, Stored
 
 
 def snapshot(session: Session):
@@ -144,6 +144,15 @@ def test_a_reference_must_be_text(two):
 def test_render_takes_generations(two, gens):
     with pytest.raises(StudioError, match="render takes (a list of )?Generation objects .*render_refs"):
         two.render(gens)
+
+
+@pytest.mark.parametrize("bad", ["../escape.png", "sub/x.png", "..", ""])
+def test_render_to_file_names_stay_inside_the_folder(two, tmp_path, bad):
+    out = tmp_path / "out"
+    item = Stored(two.library.resolve("a"), "a", two.get("a"))
+    with pytest.raises(StudioError, match="is not a plain file name inside"):
+        two.render_to([item], out, filenames=[bad])
+    assert not (tmp_path / "escape.png").exists() and not out.exists()
 
 
 # ---- B14: paths must be paths ----
