@@ -41,7 +41,9 @@ def check_seed(seed: Any, count: int = 1, what: str = "seed") -> int:
     """A seed such that ``seed, seed+1, ..., seed+count-1`` all lie in 0 .. 2^63-1."""
     check_int(seed, what)
     if not 0 <= seed <= MAX_SEED - (count - 1):
-        raise StudioError(f"{what} must be between 0 and 2^63-1 for all {count} item(s), got {seed}")
+        if count > 1 and 0 <= seed <= MAX_SEED:
+            raise StudioError(f"{what} {seed} with {count} items runs past 2^63-1 (item seeds are {what}, {what}+1, ...)")
+        raise StudioError(f"{what} must be between 0 and 2^63-1, got {seed}")
     return seed
 
 

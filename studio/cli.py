@@ -536,8 +536,9 @@ def vectors_from_prompts(ctx, definition, model, name):
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), default=None,
               help="Text file with one prompt per line (text space).")
 @click.option("--prefix", default=None, help="Store the directions as PREFIX0, PREFIX1, ...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first sampled w (w space).")
 @click.pass_context
-def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix):
+def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix, seed):
     """Principal directions of sampled w (GANSpace) or of prompt embeddings, with explained variance.
 
     \b
@@ -552,7 +553,7 @@ def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix):
         except (OSError, UnicodeDecodeError) as exc:
             raise StudioError(f"cannot read prompts from {prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts)
+    rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts, seed)
     for stored, ratio in rows:
         click.echo(f"{stored.id[:12]}  {stored.name or '-':<12} explained variance {ratio:7.2%}")
 

@@ -287,3 +287,12 @@ def test_a_damaged_index_is_one_line_and_repair_rebuilds_it_from_the_files(tmp_p
     assert "the index was damaged" in out and "adopted 3 unindexed object(s)" in out
     assert out.strip().endswith("3 object(s), 0 problem(s)")
     assert len(list(home.glob("index.sqlite.damaged-*"))) == 1  # set aside, not deleted
+
+
+def test_discover_takes_a_seed(tmp_path):
+    home = tmp_path / "home"
+    ids = [studio(home, "vectors", "discover", "--model", "tiny-gan", "-k", "2", "--samples", "64",
+                  "--seed", seed).stdout.split()[0] for seed in ("0", "0", "7")]
+    assert ids[0] == ids[1] != ids[2]  # the same seed finds the same direction; another seed another one
+    result = studio(home, "vectors", "discover", "--model", "tiny-gan", "-k", "2", "--seed", "-1", code=2)
+    assert result.stderr.strip().splitlines() == ["error: seed must be between 0 and 2^63-1, got -1"]
