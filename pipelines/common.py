@@ -56,7 +56,7 @@ def batches(keys: list[dict], max_batch: int):
             yield json.loads(key), indices[start : start + max_batch]
 
 
-def check_number(settings: dict, name: str, low: float, high: float, integer: bool = False) -> None:
+def check_setting(settings: dict, name: str, low: float, high: float, integer: bool = False) -> None:
     """Refuse a setting that is not a number in [low, high]."""
     value = settings.get(name)
     kind = int if integer else (int, float)

@@ -22,8 +22,8 @@ from pipelines import diffusion_edit
 from pipelines.base import PipelineAdapter, Progress, cpu_generator, pick_device
 from pipelines.common import (
     batches,
-    check_number,
     check_prompts,
+    check_setting,
     from_pil,
     offline_error,
     public_config,
@@ -246,18 +246,18 @@ class DiffusionAdapter(PipelineAdapter):
                 f"unknown setting(s) {', '.join(sorted(unknown))}; expected {', '.join(self.default_settings())}"
             )
         for side in ("height", "width"):
-            check_number(s, side, self.scale, MAX_SIDE, integer=True)
+            check_setting(s, side, self.scale, MAX_SIDE, integer=True)
             if s[side] % self.scale:
                 raise StudioError(
                     f"{side}={s[side]} must be a multiple of {self.scale} (the VAE scale factor)"
                 )
-        check_number(s, "steps", 1, 1000, integer=True)
-        check_number(s, "guidance", 0.0, 100.0)
+        check_setting(s, "steps", 1, 1000, integer=True)
+        check_setting(s, "guidance", 0.0, 100.0)
         self._scheduler(s["scheduler"])
         if "sdedit" in s:
-            check_number(s, "sdedit", 0.0, 1.0)
+            check_setting(s, "sdedit", 0.0, 1.0)
         if "hspace_steps" in s:
-            check_number(s, "hspace_steps", 0, s["steps"], integer=True)
+            check_setting(s, "hspace_steps", 0, s["steps"], integer=True)
         if not isinstance(s["negative_prompt"], str):
             raise StudioError(f"negative_prompt must be text, not {s['negative_prompt']!r}")
         return s

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipelines.base import PipelineAdapter, Progress, cpu_generator, pick_device
-from pipelines.common import batches, check_number, check_prompts, offline_error, to_pil, weight_sample
+from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil, weight_sample
 from pipelines.stylegan import Generator, load_generator, read_extra
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
@@ -169,7 +169,7 @@ class GanAdapter(PipelineAdapter):
             raise StudioError(f"unknown setting(s) {', '.join(sorted(unknown))} for a GAN; expected "
                               f"{', '.join(sorted(known))}")
         merged = {**self.default_settings(), **settings}
-        check_number(merged, "truncation", -2.0, 2.0)
+        check_setting(merged, "truncation", -2.0, 2.0)
         if merged["resolution"] != self.config.resolution:
             raise StudioError(
                 f"model {self.spec} renders {self.config.resolution}px only, not {merged['resolution']}"

@@ -28,6 +28,16 @@ def check_int(value: Any, what: str, low: int | None = None, high: int | None = 
     return value
 
 
+def is_finite_number(value: Any) -> bool:
+    """An int or float (bool is not one) that is neither NaN nor infinite and fits a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range (YAML and Python integers have no bound)
+        return False
+
+
 def check_number(value: Any, what: str) -> float:
     """A finite real number (bool refused); numeric strings are not numbers here."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

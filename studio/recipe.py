@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from studio import expr
-from studio.checks import check_int, check_path, check_text
+from studio.checks import MAX_SEED, check_int, check_path, check_text, is_finite_number
 from studio.errors import StudioError
 from studio.objects import Generation
 from studio.session import Progress, Session, Stored
@@ -45,7 +45,6 @@ MAX_SWEEP_POINTS = 4096  # pictures in one recipe, all renders together
 MAX_YAML_DEPTH = 32  # a recipe needs about 5 levels; the YAML composer recurses once per level
 QUOTE_LIMIT = 60  # user text quoted in an error is cut to this many characters
 MESSAGE_LIMIT = 800  # and a whole error message to this many
-SEED_LIMIT = 2**63  # seeds are 0 .. 2^63-1, as for `studio sample`
 VARIABLE_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")  # sweep variables and setting names
 
 
@@ -246,7 +245,7 @@ def _input(spec: Any, where: str) -> dict[str, Any]:
     seed = spec.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise StudioError(f"{where}: 'seed' must be an integer")
-    if not 0 <= seed < SEED_LIMIT:
+    if not 0 <= seed <= MAX_SEED:
         raise StudioError(f"{where}: 'seed' must be between 0 and 2^63-1, got {_quote(seed)}")
     if "prompt" in spec and not isinstance(spec["prompt"], str):
         raise StudioError(f"{where}: 'prompt' must be text")
@@ -281,7 +280,7 @@ def _renders(raw: Any, source: str) -> list[Render]:
             if not isinstance(var, str) or not VARIABLE_RULE.fullmatch(var):
                 raise StudioError(f"{where}.sweep: invalid variable name {_quote(var)} (a letter or '_', then "
                                   "at most 31 letters, digits or '_')")
-            if not isinstance(values, list) or not values or not all(map(_finite, values)):
+            if not isinstance(values, list) or not values or not all(map(is_finite_number, values)):
                 raise StudioError(f"{where}.sweep.{var}: expected a list of numbers, e.g. [0, 0.5, 1]")
             sweep[var] = [float(v) for v in values]
         render = Render(name, _expression(r.get("expr"), f"{where}.expr"), sweep)
@@ -296,16 +295,6 @@ def _renders(raw: Any, source: str) -> list[Render]:
         if pictures > MAX_SWEEP_POINTS:
             raise StudioError(f"{where}: the recipe asks for more than {MAX_SWEEP_POINTS} pictures")
     return renders
-
-
-def _finite(v: Any) -> bool:
-    """A number that is not NaN or infinite and fits a float (YAML integers have no bound)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
 
 
 def _expression(value: Any, where: str) -> str:

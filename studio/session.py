@@ -289,7 +289,6 @@ class Session:
 
     def encode_image(self, path: str | os.PathLike, model: str | None = None, name: str | None = None) -> Stored:
         """Encode a picture into the model's VAE space (unscaled) and store it."""
-        path = check_path(path, "path")
         if name is not None:
             check_name(name)
         image = open_image(path)
@@ -302,7 +301,6 @@ class Session:
                steps: int | None = None, name: str | None = None, progress: Progress | None = None,
                **options: Any) -> Stored:
         """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
-        path = check_path(path, "path")
         prompt = check_text(prompt, "prompt", optional=True) or ""
         _check_progress(progress)
         unknown = sorted(set(options) - set(INVERT_OPTIONS))
