@@ -42,8 +42,9 @@ def check_number(value: Any, what: str) -> float:
     """A finite real number (bool refused); numeric strings are not numbers here."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise StudioError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise StudioError(f"{what} must be a finite number, got {value}")
+    if not is_finite_number(value):
+        raise StudioError(f"{what} must be a finite number, got {value:g}" if isinstance(value, float)
+                          else f"{what} must be a finite number, got an integer too large for a float")
     return float(value)
 
 

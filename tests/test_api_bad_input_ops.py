@@ -240,3 +240,15 @@ def test_vector_definitions_and_sets_of_the_wrong_type_are_refused(two):
     with pytest.raises(StudioError, match="attribute must be a mapping with the text fields name, from and to"):
         two.vectors.from_sets(["a", "b"], ["b", "a"], attribute="style")
     assert names(two) == before
+
+
+def test_an_integer_beyond_float_range_is_refused_as_a_number(tmp_path):
+    from studio.session import Session
+
+    s = Session(tmp_path / "home")
+    s.sample("tiny-gan", seed=1, name="a")
+    with pytest.raises(StudioError, match="binding 't' must be a finite number, got an integer too large for a float"):
+        s.evaluate("lerp(@a, @a, t)", bindings={"t": 10**400})
+    with pytest.raises(StudioError, match="each strength must be a finite number, got an integer too large"):
+        s.vectors.apply("a", "a", [10**5000])
+    assert [r.names for r in s.library.ls()] == [("a",)]
