@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -15,6 +15,7 @@ from studio.objects import Generation, Latent
 from studio.space import Space
 
 Progress = Callable[[int, int], None]  # (done, total) steps
+C = TypeVar("C")
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -72,7 +73,107 @@ class PipelineAdapter(ABC):
         """Pictures for the generations, computed in batches; same input, same device -> same pixels."""
 
     def encode(self, images: list[Image.Image]) -> list[Latent]:
-        raise StudioError(f"model {self.spec} cannot encode images")
+        """Pictures -> latents; only a ``VaeCoder`` can."""
+        raise StudioError(f"model {self.spec} cannot encode images: it has no VAE")
 
     def decode(self, latents: list[Latent]) -> list[Image.Image]:
-        raise StudioError(f"model {self.spec} cannot decode latents")
+        """Latents -> pictures; only a ``VaeCoder`` can."""
+        raise StudioError(f"model {self.spec} cannot decode latents: it has no VAE")
+
+
+# -- optional capabilities ---------------------------------------------------------------------------
+# An adapter declares what it can do beyond sample/render by inheriting these; a caller checks
+# one with ``require`` (one message when the model lacks it), never by probing attributes.
+
+
+class Capability:
+    """Base of the optional capabilities; ``label`` names it in the message of a model without it."""
+
+    label = "capability"
+
+
+class TextConditioned(Capability):
+    """Prompts become a ``text`` latent: the whole conditioning the denoiser needs, packed in ``text_space``."""
+
+    label = "text encoder"
+    text_space: Space
+
+    @abstractmethod
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """[N, *text_space.shape] on the model's device: exactly what sampling stores for these prompts."""
+
+
+class VaeCoder(Capability):
+    """Pictures to and from a VAE latent space (``scale`` pixels per latent cell)."""
+
+    label = "VAE"
+    scale: int
+
+    @abstractmethod
+    def vae_space(self, height: int, width: int) -> Space:
+        """Unscaled VAE latents of a height x width picture."""
+
+    @abstractmethod
+    def encode(self, images: list[Image.Image]) -> list[Latent]:
+        """Pictures -> unscaled VAE latents."""
+
+    @abstractmethod
+    def decode(self, latents: list[Latent]) -> list[Image.Image]:
+        """VAE latents -> pictures."""
+
+
+class Invertible(Capability):
+    """A picture -> a generation that re-renders it (diffusion inversion)."""
+
+    label = "inversion"
+
+    @abstractmethod
+    def invert(self, image: Image.Image, prompt: str = "", steps: int = 100, refine: int = 3) -> Generation:
+        """The noise (and text) that re-render ``image`` with the recorded deterministic scheduler."""
+
+
+class SDEditable(Capability):
+    """Renders a generation from an ``init`` picture latent noised to the ``sdedit`` setting (SDEdit)."""
+
+    label = "SDEdit"
+
+    @abstractmethod
+    def sdedit_init(self, generation: Generation) -> Latent:
+        """The unscaled VAE latent of ``generation``'s own picture: the init an SDEdit edit starts from."""
+
+
+class HSpace(Capability):
+    """The denoiser's bottleneck activations (Kwon et al.'s h-space), probed and shifted."""
+
+    label = "h-space (a diffusion UNet's bottleneck)"
+    hspace_stride: int
+
+    @abstractmethod
+    def hspace_space(self, height: int | None = None, width: int | None = None) -> Space:
+        """The bottleneck's space for a height x width picture."""
+
+    @abstractmethod
+    def hspace_of(self, generations: list[Generation], steps: int) -> list[Latent]:
+        """Each generation's mean bottleneck activation over its first ``steps`` steps."""
+
+
+class GanW(Capability):
+    """A GAN's intermediate latent w: sampled for discovery, and found for a picture by projection."""
+
+    label = "w space (a StyleGAN mapping network)"
+
+    @abstractmethod
+    def sample_w(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n untruncated w from seeded z, [n, w_dim] on the CPU."""
+
+    @abstractmethod
+    def project(self, image: Image.Image, steps: int = 300, progress: Progress | None = None,
+                **options: Any) -> Generation:
+        """Optimise a w that re-renders ``image``."""
+
+
+def require(adapter: PipelineAdapter, capability: type[C], purpose: str) -> C:
+    """``adapter`` as having ``capability``, or one StudioError saying the model cannot do ``purpose``."""
+    if not isinstance(adapter, capability):
+        raise StudioError(f"model {adapter.spec} cannot {purpose}: it has no {capability.label}")
+    return adapter  # type: ignore[return-value]

@@ -94,3 +94,11 @@ def offline_error(spec: str, exc: Exception) -> StudioError:
         f"model {spec!r} is not available offline: not in the local Hugging Face cache and the hub "
         f"cannot be reached ({type(exc).__name__})"
     )
+
+
+def check_pair(value: Any, name: str) -> list[int]:
+    """A setting that is two whole numbers (an SDXL size or crop), as a list."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16384 for v in value)):
+        raise StudioError(f"setting {name}={str(value)[:80]} must be two whole numbers from 0 to 16384")
+    return [int(v) for v in value]

@@ -1,15 +1,20 @@
-"""The diffusion adapter: a diffusers text-to-image pipeline (SD 1.x/2.x style) behind the PipelineAdapter contract.
+"""The UNet diffusion adapter: SD 1.x/2.x, SDXL (and Turbo) and LCM pipelines behind the PipelineAdapter contract.
 
 Spaces: ``noise`` (starting latents, stored unscaled: before ``scheduler.init_noise_sigma``),
-``text`` (text-encoder hidden states), ``vae`` (image latents, stored unscaled: the raw
+``text`` (the whole text conditioning the UNet takes: SD's hidden states, or SDXL's sequence
+embeddings and pooled embedding packed together), ``vae`` (image latents, stored unscaled: the raw
 ``latent_dist.mean``, no ``scaling_factor``/``shift_factor``) and ``hspace`` (UNet mid-block output).
+What differs between the families is stated once, in ``UNET_FAMILIES``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +24,20 @@ import transformers
 from PIL import Image
 
 from pipelines import diffusion_edit
-from pipelines.base import PipelineAdapter, Progress, cpu_generator, pick_device
+from pipelines.base import (
+    HSpace,
+    Invertible,
+    PipelineAdapter,
+    Progress,
+    SDEditable,
+    TextConditioned,
+    VaeCoder,
+    cpu_generator,
+    pick_device,
+)
 from pipelines.common import (
     batches,
+    check_pair,
     check_prompts,
     check_setting,
     from_pil,
@@ -32,6 +48,35 @@ from pipelines.common import (
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
 from studio.space import Space, fingerprint
+
+
+@dataclass(frozen=True)
+class UNetFamily:
+    """What one UNet family's pipeline needs that another's does not."""
+
+    name: str  # as `studio models` and messages say it
+    pooled_text: bool  # SDXL: a second encoder whose pooled projection enters through added embeddings
+    micro_conditioning: bool  # SDXL: original size, crop and target size enter as added time ids
+    guidance_embedding: bool  # LCM: guidance is distilled into the UNet (no negative prompt, no CFG batch)
+    steps: int  # default denoising steps
+    guidance: float  # default guidance scale
+    pipeline_schedulers: tuple[str, ...] | None  # schedulers its pipeline call takes (None: every studio one)
+    schedulers: tuple[str, ...]  # schedulers offered; others render through the studio's own loop
+
+
+UNET_FAMILIES = {
+    "StableDiffusionPipeline": UNetFamily("SD 1.x/2.x", False, False, False, 20, 7.5, None, ()),
+    "StableDiffusionXLPipeline": UNetFamily("SDXL", True, True, False, 20, 5.0, None, ()),
+    "LatentConsistencyModelPipeline": UNetFamily("LCM", False, False, True, 4, 8.5, ("LCMScheduler",),
+                                                 ("LCMScheduler", "DDIMScheduler")),
+}
+MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")  # SDXL render settings
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type and its message's lines folded together."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
 diffusers.utils.logging.disable_progress_bar()  # loading a model is quick; the render bar is ours
@@ -49,8 +94,7 @@ SCHEDULERS = [
     "DPMSolverSinglestepScheduler",
     "KDPM2DiscreteScheduler",
     "UniPCMultistepScheduler",
-    "LCMScheduler",
-]
+]  # what an SD or SDXL model offers; LCM models offer their own (UNET_FAMILIES)
 OPTIONAL_SETTINGS = {
     "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
     "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
@@ -99,8 +143,8 @@ def read_studio_defaults(folder: str | Path) -> dict[str, Any]:
     return out
 
 
-class DiffusionAdapter(PipelineAdapter):
-    """A diffusers pipeline with a UNet, a VAE and one CLIP text encoder (StableDiffusionPipeline and compatible)."""
+class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, SDEditable, HSpace):
+    """A diffusers UNet pipeline: SD 1.x/2.x (one CLIP encoder), SDXL (two, with pooled text), or LCM."""
 
     family = "diffusion"
 
@@ -112,15 +156,7 @@ class DiffusionAdapter(PipelineAdapter):
         dtype: str | None = None,
         defaults: dict[str, Any] | None = None,
     ):
-        missing = [
-            c
-            for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-            if getattr(pipe, c, None) is None
-        ]
-        if missing or getattr(pipe, "text_encoder_2", None) is not None:
-            raise StudioError(
-                f"model {spec!r} ({type(pipe).__name__}) is not a single-text-encoder latent diffusion pipeline"
-            )
+        self.unet_kind = check_pipeline(pipe, spec)
         self.device, self.dtype = pick_device(device, dtype)
         self.pipe, self.spec = pipe.to(self.device), spec
         if pipe.dtype != self.dtype:
@@ -128,18 +164,32 @@ class DiffusionAdapter(PipelineAdapter):
         pipe.set_progress_bar_config(disable=True)
         self.scale = pipe.vae_scale_factor  # pixels per latent cell
         self.max_batch = 8 if self.device.type == "cpu" else 32
-        self._schedulers = {type(pipe.scheduler).__name__: pipe.scheduler}
-        self._negative: dict[str, torch.Tensor] = {}  # negative prompt -> [1, L, D] on device
+        # The model's own scheduler is the default for good: rendering with another never replaces it.
+        self.default_scheduler = type(pipe.scheduler).__name__
+        self.schedulers = list(self.unet_kind.schedulers or SCHEDULERS)
+        if self.default_scheduler not in self.schedulers:
+            self.schedulers.insert(0, self.default_scheduler)
+        self._schedulers = {self.default_scheduler: pipe.scheduler}
+        self._negative: dict[str, torch.Tensor] = {}  # negative prompt -> [1, *text shape] on device
         self._defaults = dict(defaults or {})  # the model folder's own render defaults (studio.json)
         # Family fingerprints, once: configs plus a few KB of weights, never the whole model.
-        vae, unet, te = pipe.vae, pipe.unet, pipe.text_encoder
+        vae, unet = pipe.vae, pipe.unet
         self.vae_family = fingerprint("vae", public_config(vae.config), weight_sample(vae))
-        text_config = {**public_config(te.config, TEXT_KEYS), "max_length": pipe.tokenizer.model_max_length}
-        self.text_family = fingerprint("text", text_config, weight_sample(te))
+        encoders = [(pipe.text_encoder, pipe.tokenizer)]
+        if self.unet_kind.pooled_text:
+            encoders.append((pipe.text_encoder_2, pipe.tokenizer_2))
+        text_config = [{**public_config(te.config, TEXT_KEYS), "max_length": tok.model_max_length}
+                       for te, tok in encoders]
+        samples = b"".join(weight_sample(te) for te, _ in encoders)
+        # SD's fingerprint keeps its one-encoder form, so libraries made before SDXL stay valid.
+        self.text_family = fingerprint("text", text_config[0] if len(text_config) == 1 else text_config, samples)
         self.unet_family = fingerprint("unet", public_config(unet.config), weight_sample(unet))
-        self.text_space = Space(
-            "text", self.text_family, (pipe.tokenizer.model_max_length, te.config.hidden_size)
-        )
+        length = pipe.tokenizer.model_max_length
+        width = sum(te.config.hidden_size for te, _ in encoders)
+        parts = [("embeds", (length, width))]
+        if self.unet_kind.pooled_text:
+            parts.append(("pooled", (pipe.text_encoder_2.config.projection_dim,)))
+        self.text_space = Space.packed("text", self.text_family, parts)
 
     @classmethod
     def from_pretrained(
@@ -153,6 +203,8 @@ class DiffusionAdapter(PipelineAdapter):
         """Load a hub id or a local diffusers folder; from the local cache only unless ``download``."""
         spec = spec or str(source)
         _, dt = pick_device(device, dtype)
+        if Path(source).is_dir():
+            check_pipeline_folder(Path(source), spec)
         try:
             with warnings.catch_warnings():  # torch_dtype is spelled dtype in newer diffusers; both work
                 warnings.simplefilter("ignore", FutureWarning)
@@ -166,29 +218,20 @@ class DiffusionAdapter(PipelineAdapter):
                 )
         except Exception as exc:
             if Path(source).is_dir():
-                raise StudioError(f"cannot load diffusion model {spec!r} from {source}: {exc}") from exc
-            raise offline_error(spec, exc) from exc
+                raise StudioError(f"cannot load diffusion model {spec!r}: {one_line(exc)}") from None
+            raise offline_error(spec, exc) from None
         defaults = read_studio_defaults(source) if Path(source).is_dir() else None
         return cls(pipe, spec, device, dtype, defaults=defaults)
 
     @classmethod
     def from_single_file(
-        cls, path: str | Path, device: str | None = None, dtype: str | None = None, download: bool = False
+        cls, path: str | Path, device: str | None = None, dtype: str | None = None, spec: str | None = None
     ) -> DiffusionAdapter:
-        """Load a single ``.safetensors``/``.ckpt`` SD checkpoint (``.ckpt`` through weights-only torch.load)."""
+        """Load an original-layout SD 1.x/2.x/SDXL checkpoint file, offline, with configs shipped in the package."""
+        from pipelines.single_file import load_single_file
+
         _, dt = pick_device(device, dtype)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                pipe = diffusers.StableDiffusionPipeline.from_single_file(
-                    str(path), torch_dtype=dt, local_files_only=not download
-                )
-        except Exception as exc:
-            raise StudioError(
-                f"cannot load checkpoint {str(path)!r} as a Stable Diffusion model: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''} (its configuration may need the hub)"
-            ) from exc
-        return cls(pipe, str(path), device, dtype)
+        return cls(load_single_file(path, dt), spec or str(path), device, dtype)
 
     # -- spaces and settings -------------------------------------------------------------------------
 
@@ -227,17 +270,19 @@ class DiffusionAdapter(PipelineAdapter):
 
     def default_settings(self) -> dict[str, Any]:
         side = self.pipe.unet.config.sample_size * self.scale
+        micro = dict.fromkeys(MICRO_CONDITIONING) if self.unet_kind.micro_conditioning else {}
         return {
-            "steps": 20,
-            "guidance": 7.5,
-            "scheduler": type(self.pipe.scheduler).__name__,
+            "steps": self.unet_kind.steps,
+            "guidance": self.unet_kind.guidance,
+            "scheduler": self.default_scheduler,
             "height": side,
             "width": side,
             "negative_prompt": "",
+            **micro,  # SDXL: None means the render size (and crop 0, 0), as in diffusers
             **self._defaults,  # a model folder's studio.json (e.g. the embedded emoji-diffusion's guidance)
         }
 
-    def _settings(self, settings: dict) -> dict:
+    def resolve_settings(self, settings: dict) -> dict:
         """Defaults overlaid with ``settings``, refusing impossible values with one clear sentence."""
         s = {**self.default_settings(), **settings}
         unknown = set(s) - set(self.default_settings()) - set(OPTIONAL_SETTINGS)
@@ -253,41 +298,123 @@ class DiffusionAdapter(PipelineAdapter):
                 )
         check_setting(s, "steps", 1, 1000, integer=True)
         check_setting(s, "guidance", 0.0, 100.0)
-        self._scheduler(s["scheduler"])
+        self.scheduler(s["scheduler"])
         if "sdedit" in s:
             check_setting(s, "sdedit", 0.0, 1.0)
         if "hspace_steps" in s:
             check_setting(s, "hspace_steps", 0, s["steps"], integer=True)
         if not isinstance(s["negative_prompt"], str):
             raise StudioError(f"negative_prompt must be text, not {s['negative_prompt']!r}")
+        if s["negative_prompt"] and self.unet_kind.guidance_embedding:
+            raise StudioError(f"model {self.spec} is an LCM model: it ignores a negative prompt (its guidance "
+                              "is distilled into the UNet); leave the negative prompt empty")
+        if s["negative_prompt"] and s["guidance"] <= 1:
+            raise StudioError(f"guidance {s['guidance']} ignores the negative prompt (it takes effect only "
+                              "above 1); raise the guidance or leave the negative prompt empty")
+        if self.unet_kind.micro_conditioning:
+            defaults = {"original_size": [s["height"], s["width"]], "crops_coords_top_left": [0, 0],
+                        "target_size": [s["height"], s["width"]]}
+            for key in MICRO_CONDITIONING:
+                s[key] = check_pair(s[key] if s[key] is not None else defaults[key], key)
         return s
 
-    def _scheduler(self, name: str):
-        """The scheduler called ``name``, built once from the model's own scheduler config."""
+    def scheduler(self, name: str):
+        """The scheduler called ``name`` (one of ``schedulers``), built once from the model's own config."""
         if not isinstance(name, str) or name not in self._schedulers:
-            if name not in SCHEDULERS:  # a list or another non-text value is no scheduler name either
-                raise StudioError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-            self._schedulers[name] = getattr(diffusers, name).from_config(self.pipe.scheduler.config)
+            if not isinstance(name, str) or name not in self.schedulers:
+                raise StudioError(f"unknown scheduler {repr(name)[:80]} for model {self.spec} "
+                                  f"({self.unet_kind.name}); choose one of {', '.join(self.schedulers)}")
+            kind = getattr(diffusers, name)
+            takes = inspect.signature(kind.__init__).parameters  # e.g. LCM's original_inference_steps: not DDIM's
+            config = self._schedulers[self.default_scheduler].config
+            self._schedulers[name] = kind.from_config({k: v for k, v in config.items() if k in takes})
         return self._schedulers[name]
+
+    # -- text conditioning -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt conditioning exactly as the pipeline computes it, packed: [N, *text_space.shape] on device."""
+        if self.unet_kind.pooled_text:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            return self.text_space.pack([embeds, pooled])
+        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
+        return embeds
+
+    def negative_text(self, text: str, n: int) -> torch.Tensor:
+        """The negative prompt's conditioning, encoded once per text: [n, *text shape].
+
+        An empty negative prompt on a model whose config says ``force_zeros_for_empty_prompt`` (SDXL)
+        is zeros, as its pipeline makes it.
+        """
+        if text not in self._negative:
+            if not text and getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+                self._negative[text] = torch.zeros((1, *self.text_space.shape), device=self.device,
+                                                   dtype=self.dtype)
+            else:
+                self._negative[text] = self.encode_text([text])
+        return self._negative[text].expand(n, *self._negative[text].shape[1:])
+
+    def guided(self, settings: dict) -> bool:
+        """Whether rendering runs classifier-free guidance (a doubled batch with the negative prompt)."""
+        return settings["guidance"] > 1 and not self.unet_kind.guidance_embedding
+
+    def _time_ids(self, settings: dict, n: int) -> torch.Tensor:
+        """SDXL's micro-conditioning as added time ids: [n, 6]."""
+        ids = [*settings["original_size"], *settings["crops_coords_top_left"], *settings["target_size"]]
+        return torch.tensor([ids], device=self.device, dtype=self.dtype).expand(n, -1)
+
+    def unet_conditioning(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
+        """Keyword arguments for a direct UNet call on the packed conditioning ``text`` [N, *text shape]."""
+        parts = self.text_space.unpack(text)
+        kwargs: dict[str, Any] = {"encoder_hidden_states": parts.get("embeds", parts.get(""))}
+        if self.unet_kind.pooled_text:
+            kwargs["added_cond_kwargs"] = {"text_embeds": parts["pooled"],
+                                           "time_ids": self._time_ids(settings, len(text))}
+        if self.unet_kind.guidance_embedding:
+            w = torch.full((len(text),), settings["guidance"] - 1.0)
+            kwargs["timestep_cond"] = self.pipe.get_guidance_scale_embedding(
+                w, embedding_dim=self.pipe.unet.config.time_cond_proj_dim
+            ).to(self.device, self.dtype)
+        return kwargs
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, settings: dict) -> torch.Tensor:
+        """The UNet's (guided) output at the scaled model input ``x`` [N, C, h, w] for conditioning ``text``."""
+        if self.guided(settings):
+            cond = torch.cat([self.negative_text(settings["negative_prompt"], len(text)), text])
+            out = self.pipe.unet(torch.cat([x, x]), t, **self.unet_conditioning(cond, settings)).sample
+            uncond, conditioned = out.chunk(2)
+            return uncond + settings["guidance"] * (conditioned - uncond)
+        return self.pipe.unet(x, t, **self.unet_conditioning(text, settings)).sample
+
+    def _pipeline_text(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
+        """Keyword arguments that hand the packed conditioning to the diffusers pipeline call."""
+        parts = self.text_space.unpack(text)
+        kwargs: dict[str, Any] = {"prompt_embeds": parts.get("embeds", parts.get(""))}
+        if self.unet_kind.pooled_text:
+            kwargs["pooled_prompt_embeds"] = parts["pooled"]
+            kwargs.update({key: tuple(settings[key]) for key in MICRO_CONDITIONING})
+        if self.guided(settings):
+            negative = self.text_space.unpack(self.negative_text(settings["negative_prompt"], len(text)))
+            kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
+            if self.unet_kind.pooled_text:
+                kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
+        return kwargs
 
     # -- sampling --------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Prompt embeddings exactly as the pipeline computes them: [N, L, D] on the model's device."""
-        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
-        return embeds
-
-    @torch.no_grad()
     def sample(self, seeds: list[int], prompts: list[str] | None = None, **settings: Any) -> list[Generation]:
         """One generation per seed: noise from a CPU generator (unscaled) + the prompt's text latent."""
-        settings = self._settings(settings)
+        settings = self.resolve_settings(settings)
         if "sdedit" in settings:  # it renders from an init picture, which only an SDEdit edit holds
             raise StudioError("the sdedit setting needs an init picture, which a sampled generation has not; "
                               "make an SDEdit edit with vectors apply --mode sdedit")
         prompts = check_prompts(seeds, prompts)
         noise_space = self.noise_space(settings["height"], settings["width"])
-        texts = self.encode_text(prompts).to("cpu", torch.float32)  # [N, L, D]
+        texts = self.encode_text(prompts).to("cpu", torch.float32)  # [N, *text shape]
         out = []
         for seed, prompt, text in zip(seeds, prompts, texts, strict=True):
             seed = int(seed)
@@ -305,34 +432,35 @@ class DiffusionAdapter(PipelineAdapter):
 
     # -- rendering -------------------------------------------------------------------------------------
 
-    def _negative_embeds(self, text: str, n: int) -> torch.Tensor:
-        """The negative prompt's embedding, encoded once per text: [n, L, D]."""
-        if text not in self._negative:
-            self._negative[text] = self.encode_text([text])
-        return self._negative[text].expand(n, -1, -1)
+    def _check_roles(self, g: Generation, s: dict) -> None:
+        """Every role of ``g`` lives in this model's spaces at the generation's own size."""
+        expected = {"noise": self.noise_space(s["height"], s["width"]), "text": self.text_space}
+        optional = {"hspace": self.hspace_space(s["height"], s["width"]),
+                    "init": self.vae_space(s["height"], s["width"])}
+        if not set(expected) <= set(g.roles) <= set(expected) | set(optional):
+            raise StudioError(
+                f"a diffusion generation needs roles noise and text (optionally hspace, init), "
+                f"not {', '.join(sorted(g.roles))}"
+            )
+        if ("init" in g.roles) != ("sdedit" in s):
+            raise StudioError("an SDEdit generation needs both the init role and the sdedit setting")
+        expected |= {r: optional[r] for r in optional if r in g.roles}
+        for role, space in expected.items():
+            if g.roles[role].space != space:
+                raise SpaceMismatch(f"model {self.spec} cannot render {g.roles[role].space}: it expects {space}")
+
+    def _through_pipeline(self, s: dict) -> bool:
+        """Whether the diffusers pipeline call itself renders with these settings (else the studio's loop)."""
+        allowed = self.unet_kind.pipeline_schedulers
+        return "sdedit" not in s and (allowed is None or s["scheduler"] in allowed)
 
     @torch.no_grad()
     def render(self, generations: list[Generation], progress: Progress | None = None) -> list[Image.Image]:
         """Pictures in input order, denoised in batches by the diffusers pipeline itself."""
         # 1. Check inputs: every generation lives in this model's spaces at its own size.
-        settings = [self._settings(g.settings) for g in generations]
+        settings = [self.resolve_settings(g.settings) for g in generations]
         for g, s in zip(generations, settings, strict=True):
-            expected = {"noise": self.noise_space(s["height"], s["width"]), "text": self.text_space}
-            optional = {"hspace": self.hspace_space(s["height"], s["width"]),
-                        "init": self.vae_space(s["height"], s["width"])}
-            if not set(expected) <= set(g.roles) <= set(expected) | set(optional):
-                raise StudioError(
-                    f"a diffusion generation needs roles noise and text (optionally hspace, init), "
-                    f"not {', '.join(sorted(g.roles))}"
-                )
-            if ("init" in g.roles) != ("sdedit" in s):
-                raise StudioError("an SDEdit generation needs both the init role and the sdedit setting")
-            expected |= {r: optional[r] for r in optional if r in g.roles}
-            for role, space in expected.items():
-                if g.roles[role].space != space:
-                    raise SpaceMismatch(
-                        f"model {self.spec} cannot render {g.roles[role].space}: it expects {space}"
-                    )
+            self._check_roles(g, s)
         # 2. Group by identical settings, at most max_batch per call.
         keys = [{**s, "_roles": sorted(g.roles)} for g, s in zip(generations, settings)]
         groups = [({k: v for k, v in key.items() if k != "_roles"}, idx) for key, idx in batches(keys, self.max_batch)]
@@ -340,21 +468,16 @@ class DiffusionAdapter(PipelineAdapter):
         total, done = sum(s["steps"] for s, _ in groups), 0
         for s, idx in groups:
             batch = [generations[i] for i in idx]
-            if "sdedit" in s:  # SDEdit: start from the init picture latent, partly noised
-                for i, image in zip(idx, diffusion_edit.render_sdedit(self, batch, s, progress, done, total)):
+            if not self._through_pipeline(s):  # SDEdit, or a scheduler the pipeline call does not take
+                for i, image in zip(idx, diffusion_edit.render_loop(self, batch, s, progress, done, total)):
                     images[i] = image
                 done += s["steps"]
                 continue
             # 3. Stack the batch's latents and move them to the model's device and dtype.
-            noise = torch.stack([generations[i].roles["noise"].tensor for i in idx]).to(
-                self.device, self.dtype
-            )  # [N, C, h, w]
-            text = torch.stack([generations[i].roles["text"].tensor for i in idx]).to(
-                self.device, self.dtype
-            )  # [N, L, D]
-            negative = self._negative_embeds(s["negative_prompt"], len(idx)) if s["guidance"] > 1 else None
-            # Stochastic schedulers (ancestral, DDPM) draw per item from CPU generators seeded like the noise.
-            generator = [cpu_generator(generations[i].meta.get("seed", 0)) for i in idx]
+            noise = torch.stack([g.roles["noise"].tensor for g in batch]).to(self.device, self.dtype)  # [N, C, h, w]
+            text = torch.stack([g.roles["text"].tensor for g in batch]).to(self.device, self.dtype)  # [N, *text]
+            # Stochastic schedulers (ancestral, DDPM, LCM) draw per item from CPU generators seeded like the noise.
+            generator = [cpu_generator(g.meta.get("seed", 0)) for g in batch]
 
             def on_step(pipe, step, timestep, tensors, base=done, steps=s["steps"]):
                 if progress:
@@ -362,13 +485,11 @@ class DiffusionAdapter(PipelineAdapter):
                 return tensors
 
             # 4. Denoise and decode with the pipeline: it multiplies the unscaled noise by init_noise_sigma itself.
-            self.pipe.scheduler = self._scheduler(s["scheduler"])
-            hdelta = diffusion_edit._hdelta(batch, self.device, self.dtype)
-            with diffusion_edit.hspace_shift(self.pipe.unet, hdelta, s.get("hspace_steps", HSPACE_STEPS)):
+            hdelta = diffusion_edit.hdelta(batch, self.device, self.dtype)
+            with self._using_scheduler(s["scheduler"]), \
+                    diffusion_edit.hspace_shift(self.pipe.unet, hdelta, s.get("hspace_steps", HSPACE_STEPS)):
                 result = self.pipe(
                     latents=noise,
-                    prompt_embeds=text,
-                    negative_prompt_embeds=negative,
                     num_inference_steps=s["steps"],
                     guidance_scale=s["guidance"],
                     height=s["height"],
@@ -376,11 +497,22 @@ class DiffusionAdapter(PipelineAdapter):
                     generator=generator,
                     output_type="pil",
                     callback_on_step_end=on_step,
+                    **self._pipeline_text(text, s),
                 )
             for i, image in zip(idx, result.images, strict=True):
                 images[i] = image
             done += s["steps"]
         return images
+
+    @contextmanager
+    def _using_scheduler(self, name: str):
+        """The pipeline runs with scheduler ``name`` inside, and has its own default back afterwards."""
+        own = self.pipe.scheduler
+        self.pipe.scheduler = self.scheduler(name)
+        try:
+            yield
+        finally:
+            self.pipe.scheduler = own
 
     # -- editing ---------------------------------------------------------------------------------------
 
@@ -391,6 +523,12 @@ class DiffusionAdapter(PipelineAdapter):
     def invert(self, image: Image.Image, prompt: str = "", steps: int = 100, refine: int = 3) -> Generation:
         """DDIM inversion (``refine`` fixed-point iterations per step) into a generation that re-renders it."""
         return diffusion_edit.invert(self, image, prompt, steps, refine)
+
+    def sdedit_init(self, generation: Generation) -> Latent:
+        """The unscaled VAE latent of the generation's own picture (what an SDEdit edit starts from)."""
+        (picture,) = self.render([generation])
+        (init,) = self.encode([picture])
+        return init
 
     # -- VAE ---------------------------------------------------------------------------------------------
 
@@ -432,3 +570,56 @@ class DiffusionAdapter(PipelineAdapter):
             image = vae.decode(z).sample  # [1, 3, H, W]
             out += self.pipe.image_processor.postprocess(image, output_type="pil")
         return out
+
+
+def check_pipeline(pipe, spec: str) -> UNetFamily:
+    """The UNet family of a loaded pipeline, or one error saying what is missing or does not fit."""
+    name = type(pipe).__name__
+    kind = UNET_FAMILIES.get(name)
+    if kind is None:
+        raise StudioError(f"model {spec!r} is a {name}, which the studio does not run; it runs "
+                          f"{', '.join(UNET_FAMILIES)}")
+    needed = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+    if kind.pooled_text:
+        needed += ["text_encoder_2", "tokenizer_2"]
+    missing = [c for c in needed if getattr(pipe, c, None) is None]
+    if missing:
+        raise StudioError(f"model {spec!r} ({name}) lacks {', '.join(missing)}")
+    unet = pipe.unet.config
+    widths = [pipe.text_encoder.config.hidden_size]
+    if kind.pooled_text:
+        widths.append(pipe.text_encoder_2.config.hidden_size)
+        pooled = pipe.text_encoder_2.config.projection_dim
+        if unet.addition_embed_type != "text_time" or (
+                unet.projection_class_embeddings_input_dim != 6 * unet.addition_time_embed_dim + pooled):
+            raise StudioError(f"model {spec!r} ({name}): the UNet's added embedding does not take the second "
+                              f"text encoder's pooled width {pooled} plus six micro-conditioning numbers")
+        if pipe.tokenizer.model_max_length != pipe.tokenizer_2.model_max_length:
+            raise StudioError(f"model {spec!r} ({name}): its tokenizers take {pipe.tokenizer.model_max_length} "
+                              f"and {pipe.tokenizer_2.model_max_length} tokens; they must agree")
+    if sum(widths) != unet.cross_attention_dim:
+        raise StudioError(f"model {spec!r} ({name}): text encoder width{'s' if len(widths) > 1 else ''} "
+                          f"{' + '.join(map(str, widths))} do{'' if len(widths) > 1 else 'es'} not match the "
+                          f"UNet's cross-attention width {unet.cross_attention_dim}")
+    if kind.guidance_embedding and not unet.time_cond_proj_dim:
+        raise StudioError(f"model {spec!r} ({name}): its UNet has no guidance embedding (time_cond_proj_dim)")
+    return kind
+
+
+def check_pipeline_folder(folder: Path, spec: str) -> None:
+    """A diffusers folder names a pipeline the studio runs, and holds a folder for each part it lists."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot read {folder / 'model_index.json'}: {one_line(exc)}") from None
+    if not isinstance(index, dict):
+        raise StudioError(f"{folder / 'model_index.json'} must hold a JSON object")
+    name = index.get("_class_name")
+    if name not in UNET_FAMILIES:
+        raise StudioError(f"model {spec!r} is a {str(name)[:80]!r} pipeline, which the studio does not run; "
+                          f"it runs {', '.join(UNET_FAMILIES)}")
+    parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None
+             and k not in ("safety_checker", "feature_extractor", "image_encoder")]
+    missing = [k for k in parts if not (folder / k).is_dir()]
+    if missing:
+        raise StudioError(f"model {spec!r} ({name}) is missing the part folder(s) {', '.join(missing)}")

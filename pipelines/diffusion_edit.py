@@ -73,33 +73,38 @@ def scaled(adapter: DiffusionAdapter, z: torch.Tensor) -> torch.Tensor:
 def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor, settings: dict,
             start: float = 1.0, hdelta: torch.Tensor | None = None, progress: Progress | None = None,
             base: int = 0, total: int = 0) -> torch.Tensor:
-    """A plain deterministic sampling loop over the last ``start`` fraction of the schedule; returns x0 latents."""
-    pipe = adapter.pipe
-    scheduler = adapter._scheduler(settings["scheduler"])
+    """A plain sampling loop over the last ``start`` fraction of the schedule; returns x0 latents."""
+    scheduler = adapter.scheduler(settings["scheduler"])
     scheduler.set_timesteps(settings["steps"], device=adapter.device)
     timesteps = scheduler.timesteps
     skip = settings["steps"] - max(1, round(settings["steps"] * start))
     timesteps = timesteps[skip:]
-    if hasattr(scheduler, "set_begin_index"):
+    if hasattr(scheduler, "set_begin_index"):  # diffusers' own optional scheduler method, not ours
         scheduler.set_begin_index(skip)
-    guided = settings["guidance"] > 1
-    if guided:
-        uncond = adapter._negative_embeds(settings["negative_prompt"], len(text))
-        cond = torch.cat([uncond, text])
-    else:
-        cond = text
+    generator = torch.Generator("cpu").manual_seed(0)  # only a stochastic scheduler (LCM, DDPM) draws on it
     x = latents
-    with hspace_shift(pipe.unet, hdelta, settings.get("hspace_steps", HSPACE_STEPS)):
+    with hspace_shift(adapter.pipe.unet, hdelta, settings.get("hspace_steps", HSPACE_STEPS)):
         for i, t in enumerate(timesteps):
-            inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            eps = pipe.unet(inp, t, encoder_hidden_states=cond).sample
-            if guided:
-                e_u, e_c = eps.chunk(2)
-                eps = e_u + settings["guidance"] * (e_c - e_u)
-            x = scheduler.step(eps, t, x).prev_sample
+            eps = adapter.predict(scheduler.scale_model_input(x, t), t, text, settings)
+            x = step(scheduler, eps, t, x, generator)
             if progress:
                 progress(base + i + 1 + skip, total)
     return x
+
+
+def step(scheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
+    """One scheduler step; LCM's returns its denoised estimate separately, which the last step keeps."""
+    result = scheduler.step(output, t, x, generator=generator) if _takes_generator(scheduler) else \
+        scheduler.step(output, t, x)
+    if getattr(result, "denoised", None) is not None and scheduler.step_index == len(scheduler.timesteps):
+        return result.denoised
+    return result.prev_sample
+
+
+def _takes_generator(scheduler) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(scheduler.step).parameters
 
 
 def decode(adapter: DiffusionAdapter, x0: torch.Tensor) -> list[Image.Image]:
@@ -109,24 +114,25 @@ def decode(adapter: DiffusionAdapter, x0: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def render_sdedit(adapter: DiffusionAdapter, gens: list[Generation], settings: dict,
-                  progress: Progress | None = None, base: int = 0, total: int = 0) -> list[Image.Image]:
-    """SDEdit: each generation's ``init`` picture latent, noised with its own noise to ``sdedit``, denoised."""
+def render_loop(adapter: DiffusionAdapter, gens: list[Generation], settings: dict,
+                progress: Progress | None = None, base: int = 0, total: int = 0) -> list[Image.Image]:
+    """Render with the studio's own loop: from the noise, or (SDEdit) from each ``init`` latent noised to ``sdedit``."""
     dev, dt = adapter.device, adapter.dtype
-    init = scaled(adapter, torch.stack([g.roles["init"].tensor for g in gens]).to(dev, dt))  # [N, C, h, w]
-    noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(dev, dt)
-    text = torch.stack([g.roles["text"].tensor for g in gens]).to(dev, dt)
-    scheduler = adapter._scheduler(settings["scheduler"])
+    noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(dev, dt)  # [N, C, h, w]
+    text = torch.stack([g.roles["text"].tensor for g in gens]).to(dev, dt)  # [N, *text shape]
+    scheduler = adapter.scheduler(settings["scheduler"])
     scheduler.set_timesteps(settings["steps"], device=dev)
-    strength = settings["sdedit"]
-    skip = settings["steps"] - max(1, round(settings["steps"] * strength))
-    t0 = scheduler.timesteps[skip : skip + 1]
-    x = scheduler.add_noise(init, noise * scheduler.init_noise_sigma, t0) if strength < 1 else noise * scheduler.init_noise_sigma
-    hdelta = _hdelta(gens, dev, dt)
-    return decode(adapter, denoise(adapter, x, text, settings, strength, hdelta, progress, base, total))
+    strength = settings.get("sdedit", 1.0)
+    x = noise * scheduler.init_noise_sigma
+    if strength < 1:
+        init = scaled(adapter, torch.stack([g.roles["init"].tensor for g in gens]).to(dev, dt))
+        skip = settings["steps"] - max(1, round(settings["steps"] * strength))
+        x = scheduler.add_noise(init, noise * scheduler.init_noise_sigma, scheduler.timesteps[skip : skip + 1])
+    return decode(adapter, denoise(adapter, x, text, settings, strength, hdelta(gens, dev, dt), progress, base, total))
 
 
-def _hdelta(gens: list[Generation], dev, dt) -> torch.Tensor | None:
+def hdelta(gens: list[Generation], dev, dt) -> torch.Tensor | None:
+    """The batch's h-space shifts [N, C, h, w] (zeros for items without one), or None when no item has one."""
     if not any("hspace" in g.roles for g in gens):
         return None
     shape = next(g.roles["hspace"].space.shape for g in gens if "hspace" in g.roles)
@@ -139,13 +145,13 @@ def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> 
     """Mean mid-block activation over the first ``steps`` denoising steps of each generation (conditional half)."""
     out = []
     for g in tqdm(gens, desc="h-space", leave=False, disable=None):
-        s = adapter._settings(g.settings)
+        s = adapter.resolve_settings(g.settings)
         space = adapter.hspace_space(s["height"], s["width"])
         if s["steps"] < steps:
             raise StudioError(f"h-space probing over {steps} steps needs generations of at least {steps} steps")
         seen: list[torch.Tensor] = []
-        noise = g.roles["noise"].tensor[None].to(adapter.device, adapter.dtype)
-        x = noise * adapter._scheduler(s["scheduler"]).init_noise_sigma
+        scheduler = adapter.scheduler(s["scheduler"])
+        x = g.roles["noise"].tensor[None].to(adapter.device, adapter.dtype) * scheduler.init_noise_sigma
         text = g.roles["text"].tensor[None].to(adapter.device, adapter.dtype)
         with hspace_probe(adapter.pipe.unet, seen):
             _first_steps(adapter, x, text, s, steps)
@@ -160,17 +166,12 @@ def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> 
 
 def _first_steps(adapter: DiffusionAdapter, x: torch.Tensor, text: torch.Tensor, s: dict, steps: int) -> None:
     """Run only the first ``steps`` steps of the schedule (the probe records along the way)."""
-    scheduler = adapter._scheduler(s["scheduler"])
+    scheduler = adapter.scheduler(s["scheduler"])
     scheduler.set_timesteps(s["steps"], device=adapter.device)
-    guided = s["guidance"] > 1
-    cond = torch.cat([adapter._negative_embeds(s["negative_prompt"], 1), text]) if guided else text
+    generator = torch.Generator("cpu").manual_seed(0)
     for t in scheduler.timesteps[:steps]:
-        inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-        eps = adapter.pipe.unet(inp, t, encoder_hidden_states=cond).sample
-        if guided:
-            e_u, e_c = eps.chunk(2)
-            eps = e_u + s["guidance"] * (e_c - e_u)
-        x = scheduler.step(eps, t, x).prev_sample
+        eps = adapter.predict(scheduler.scale_model_input(x, t), t, text, s)
+        x = step(scheduler, eps, t, x, generator)
 
 
 def _eps_and_x0(scheduler, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
@@ -208,13 +209,15 @@ def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", step
     _, _, h, w = x.shape
     latents = scaled(adapter, pipe.vae.encode(x).latent_dist.mean).double()  # [1, C, h, w]
     text = adapter.encode_text([prompt])
-    forward = adapter._scheduler("DDIMScheduler")  # exactly the sampler that will re-render it
+    settings = adapter.resolve_settings({"steps": steps, "guidance": 1.0, "scheduler": "DDIMScheduler",
+                                         "height": h, "width": w})
+    forward = adapter.scheduler("DDIMScheduler")  # exactly the sampler that will re-render it
     forward.set_timesteps(steps, device=adapter.device)
     alphas = forward.alphas_cumprod.to(adapter.device, torch.float64)
     jump = forward.config.num_train_timesteps // steps
 
     def predict(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = pipe.unet(z.to(adapter.dtype), t, encoder_hidden_states=text).sample.double()
+        out = adapter.predict(z.to(adapter.dtype), t, text, settings).double()
         return _eps_and_x0(forward, out, z, alpha)
 
     for t in tqdm(list(reversed(forward.timesteps)), desc="invert", leave=False, disable=None):
@@ -230,7 +233,6 @@ def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", step
                 guess = (latents - a_prev.sqrt() * x0) * ((1 - a_t) / (1 - a_prev)).sqrt() + a_t.sqrt() * x0
         latents = guess
     noise = (latents[0] / forward.init_noise_sigma).to("cpu", torch.float32)  # stored unscaled
-    settings = {**d, "steps": steps, "guidance": 1.0, "scheduler": "DDIMScheduler", "height": h, "width": w}
     meta = {"prompt": prompt, "model": adapter.spec}
     lineage = Lineage("ddim-invert", {"steps": steps, "refine": refine, "prompt": prompt})
     roles = {"noise": Latent(noise, adapter.noise_space(h, w), {**meta, "scale": "unscaled"}, lineage),

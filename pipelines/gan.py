@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.base import PipelineAdapter, Progress, cpu_generator, pick_device
+from pipelines.base import GanW, PipelineAdapter, Progress, cpu_generator, pick_device
 from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil, weight_sample
 from pipelines.stylegan import Generator, load_generator, read_extra
 from studio.errors import SpaceMismatch, StudioError
@@ -79,7 +79,7 @@ class ClassVocabulary:
         return self._best(words, self.category_words), self._best(words, self.style_words)
 
     @staticmethod
-    def _pick(value: str, names: list[str], what: str) -> str:
+    def pick(value: str, names: list[str], what: str) -> str:
         """``value`` as one of ``names``: exact, case-insensitive, or the unique name it starts."""
         if value in names:
             return value
@@ -99,12 +99,12 @@ class ClassVocabulary:
             self.categories[rng.randrange(len(self.categories))],
             self.styles[rng.randrange(len(self.styles))],
         )
-        cat = self._pick(category, self.categories, "category") if category else from_prompt[0] or seeded[0]
-        sty = self._pick(style, self.styles, "style") if style else from_prompt[1] or seeded[1]
+        cat = self.pick(category, self.categories, "category") if category else from_prompt[0] or seeded[0]
+        sty = self.pick(style, self.styles, "style") if style else from_prompt[1] or seeded[1]
         return cat, sty
 
 
-class GanAdapter(PipelineAdapter):
+class GanAdapter(PipelineAdapter, GanW):
     """StyleGAN-style generator: sample z (or w = mapping(z[, class])), render with truncation psi.
 
     Unconditional models ignore prompts; conditional ones turn the prompt (or the settings
@@ -162,7 +162,8 @@ class GanAdapter(PipelineAdapter):
     def default_settings(self) -> dict[str, Any]:
         return {"truncation": self._defaults["truncation"], "resolution": self.config.resolution}
 
-    def _settings(self, settings: dict) -> dict:
+    def resolve_settings(self, settings: dict) -> dict:
+        """Defaults overlaid with ``settings``, refusing unknown or impossible values."""
         known = set(self.default_settings()) | {"category", "style"}
         unknown = set(settings) - known
         if unknown:
@@ -181,7 +182,7 @@ class GanAdapter(PipelineAdapter):
                 merged.pop(key, None)
         return merged
 
-    def _class_ids(self, settings_list: list[dict]) -> torch.Tensor | None:
+    def class_ids(self, settings_list: list[dict]) -> torch.Tensor | None:
         """Class ids [N] for generations' settings (None for an unconditional model)."""
         if self.vocabulary is None:
             return None
@@ -192,7 +193,7 @@ class GanAdapter(PipelineAdapter):
             v = self.vocabulary
             ids.append(
                 v.class_id(
-                    v._pick(st["category"], v.categories, "category"), v._pick(st["style"], v.styles, "style")
+                    v.pick(st["category"], v.categories, "category"), v.pick(st["style"], v.styles, "style")
                 )
             )
         return torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -208,7 +209,7 @@ class GanAdapter(PipelineAdapter):
         """
         if space not in ("z", "w"):
             raise StudioError(f"a GAN samples in space 'z' or 'w', not {space!r}")
-        settings = self._settings(settings)
+        settings = self.resolve_settings(settings)
         prompts = check_prompts(seeds, prompts)
         per_item = [dict(settings) for _ in seeds]
         if self.vocabulary is not None:
@@ -220,7 +221,7 @@ class GanAdapter(PipelineAdapter):
             [torch.randn(self.config.z_dim, generator=cpu_generator(s)) for s in seeds]
         )  # [N, z_dim]
         if space == "w":
-            c = self._class_ids(per_item)
+            c = self.class_ids(per_item)
             z = self.generator.mapping(z.to(self.device, self.dtype), c=c).float().cpu()  # [N, w_dim]
         target = self.z_space if space == "z" else self.w_space
         out = []
@@ -251,7 +252,7 @@ class GanAdapter(PipelineAdapter):
         images: list[Image.Image | None] = [None] * len(generations)
         done = 0
         # 2. Batches of identical settings and role.
-        keys = [{**self._settings(g.settings), "role": r} for g, r in zip(generations, roles, strict=True)]
+        keys = [{**self.resolve_settings(g.settings), "role": r} for g, r in zip(generations, roles, strict=True)]
         for key, idx in batches(keys, self.max_batch):
             psi, role = float(key["truncation"]), key["role"]
             x = torch.stack([generations[i].roles[role].tensor for i in idx]).to(
@@ -259,7 +260,7 @@ class GanAdapter(PipelineAdapter):
             )  # [N, D]
             # 3. z (+ class) -> w with truncation, or truncate a stored w (toward its class's centre).
             g = self.generator
-            c = self._class_ids([key] * len(idx))  # [N] or None
+            c = self.class_ids([key] * len(idx))  # [N] or None
             w = g.mapping(x, psi, c=c) if role == "z" else g.mapping.truncate(x, psi, c)  # [N, w_dim]
             # 4. Synthesis with the fixed per-layer noise, then pixels.
             for i, image in zip(idx, to_pil(g.synthesis(w, noise_mode="const")), strict=True):  # [N, 3, R, R]

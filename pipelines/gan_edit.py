@@ -48,13 +48,13 @@ def project(adapter: GanAdapter, image: Image.Image, steps: int = 300, category:
     g = adapter.generator
     res = adapter.config.resolution
     target = from_pil(image.convert("RGB").resize((res, res), Image.LANCZOS))[None].to(adapter.device)  # [1,3,R,R]
-    settings = adapter._settings({"truncation": 1.0})
+    settings = adapter.resolve_settings({"truncation": 1.0})
     c = None
     if adapter.vocabulary is not None:
         v = adapter.vocabulary
-        settings["category"] = v._pick(category, v.categories, "category") if category else v.categories[0]
-        settings["style"] = v._pick(style, v.styles, "style") if style else v.styles[0]
-        c = adapter._class_ids([settings])
+        settings["category"] = v.pick(category, v.categories, "category") if category else v.categories[0]
+        settings["style"] = v.pick(style, v.styles, "style") if style else v.styles[0]
+        c = adapter.class_ids([settings])
     with torch.no_grad():  # start at the class centre: the mean w of many samples
         z = torch.randn(512, adapter.config.z_dim, generator=cpu_generator(0)).to(adapter.device, adapter.dtype)
         w0 = g.mapping(z, c=None if c is None else c.expand(512)).mean(0, keepdim=True).float()

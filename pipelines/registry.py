@@ -8,14 +8,20 @@ from pathlib import Path
 from pipelines.base import PipelineAdapter
 from studio.errors import StudioError
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")  # original-layout single-file checkpoints
 MAX_SPEC = 1024  # characters: longer than any folder path or hub id
 EMBEDDED = Path(__file__).parent / "embedded"  # where the shipped emoji models live
 BUILTIN = {
     "emoji-diffusion": "small text-to-image diffusion model trained on openly licensed emoji art (embedded)",
     "emoji-gan": "small StyleGAN-style generator trained on openly licensed emoji art (embedded)",
     "tiny-sd": "tiny random-weight Stable Diffusion pipeline for tests (64x64, no download)",
+    "tiny-sdxl": "tiny random-weight SDXL pipeline for tests (two text encoders, pooled text, 64x64)",
+    "tiny-lcm": "tiny random-weight latent consistency model for tests (guidance-embedding UNet, 64x64)",
     "tiny-gan": "tiny random-weight StyleGAN-style generator for tests (32x32, no download)",
 }
+
+
+TINY_DIFFUSION = {"tiny-sd": "build_tiny_sd", "tiny-sdxl": "build_tiny_sdxl", "tiny-lcm": "build_tiny_lcm"}
 
 
 def list_models() -> list[tuple[str, str]]:
@@ -85,11 +91,11 @@ def load_adapter(
 
     Hub ids load from the local Hugging Face cache only, unless ``download`` is true.
     """
-    if spec == "tiny-sd":
+    if spec in TINY_DIFFUSION:
+        from pipelines import tiny
         from pipelines.diffusion import DiffusionAdapter
-        from pipelines.tiny import build_tiny_sd
 
-        return DiffusionAdapter(build_tiny_sd(), "tiny-sd", device, dtype)
+        return DiffusionAdapter(getattr(tiny, TINY_DIFFUSION[spec])(), spec, device, dtype)
     if spec == "tiny-gan":
         from pipelines.tiny import build_tiny_gan
 
@@ -107,17 +113,33 @@ def load_adapter(
                           f"or a hub id (at most {MAX_SPEC} characters)")
     path = Path(spec).expanduser()
     try:
-        is_dir = path.is_dir()
+        is_dir, is_file = path.is_dir(), path.is_file()
     except OSError as exc:  # e.g. a path component longer than the file system allows
         raise StudioError(f"model spec {spec[:60]!r}... is not a usable path: {exc.strerror}") from None
+    if is_dir or is_file:  # stored resolved, so a generation renders from any working folder
+        spec = resolved_spec(spec)
     if is_dir:
-        return _load_folder(path, spec, device, dtype)
-    if path.suffix in (".safetensors", ".ckpt"):
-        if not path.is_file():
-            raise StudioError(f"checkpoint file {spec!r} does not exist")
+        return _load_folder(Path(spec), spec, device, dtype)
+    if is_file and path.suffix.lower() in CHECKPOINT_SUFFIXES:
         from pipelines.diffusion import DiffusionAdapter
 
-        return DiffusionAdapter.from_single_file(path, device, dtype, download=download)
+        return DiffusionAdapter.from_single_file(spec, device, dtype, spec=spec)
+    if is_file:
+        raise StudioError(f"{spec!r} is a file but not a model the studio reads: give a diffusers or studio GAN "
+                          f"folder, or a {' or '.join(CHECKPOINT_SUFFIXES)} checkpoint")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise StudioError(f"checkpoint file {spec!r} does not exist")
     if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise StudioError(f"model folder {spec!r} does not exist")
     return _load_hub(spec, device, dtype, download)
+
+
+def resolved_spec(spec: str) -> str:
+    """A folder or file spec as the absolute path it names (built-in names and hub ids are left as they are)."""
+    if spec in BUILTIN:
+        return spec
+    path = Path(spec).expanduser()
+    try:
+        return str(path.resolve()) if path.exists() else spec
+    except (OSError, RuntimeError):
+        return spec

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.base import VaeCoder, require
 from studio import algebra
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
@@ -151,7 +152,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
         base_img, rest = images[:n], images[n:]
     else:
         base_img = session.render(base)
-        inits = session.adapter(model).encode(base_img)
+        inits = require(session.adapter(model), VaeCoder, "score SDEdit edits").encode(base_img)
         edited = {s: [Generation({**g.roles, "init": init}, g.model, {**g.settings, "sdedit": float(sdedit)}, {},
                                  g.lineage) for g, init in zip(gens, inits, strict=True)]
                   for s, gens in edited.items()}

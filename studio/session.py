@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from pipelines.base import GanW, Invertible, VaeCoder, require
 from studio import expr, formats
 from studio.checks import check_int, check_path, check_seed, check_tags, check_text
 from studio.errors import StudioError
@@ -81,10 +82,10 @@ class Session:
 
     def adapter(self, spec: str | None = None):
         """The loaded adapter for a model spec (loaded once per session)."""
-        spec = spec or DEFAULT_MODEL
-        if spec not in self._adapters:
-            from pipelines.registry import load_adapter
+        from pipelines.registry import load_adapter, resolved_spec
 
+        spec = resolved_spec(spec or DEFAULT_MODEL) if isinstance(spec or DEFAULT_MODEL, str) else spec
+        if spec not in self._adapters:
             self._adapters[spec] = load_adapter(spec, device=self.device, dtype=self.dtype)
         return self._adapters[spec]
 
@@ -261,10 +262,8 @@ class Session:
             if model is None:
                 raise StudioError("a ComfyUI .latent file does not say which VAE made it; "
                                   "name the model with --model so its VAE space can be assigned")
-            adapter = self.adapter(model)
-            if not hasattr(adapter, "vae_space"):  # GANs have no VAE, so no space for the file's latents
-                raise StudioError(f"model {adapter.spec} has no VAE space, so a ComfyUI .latent cannot be "
-                                  "imported into it; name a diffusion model with --model")
+            adapter = require(self.adapter(model), VaeCoder, "take a ComfyUI .latent (name a diffusion model "
+                              "with --model)")
             h, w = tensors[0].shape[-2:]
             space: Space = adapter.vae_space(h * adapter.scale, w * adapter.scale)
             lats = []
@@ -292,7 +291,7 @@ class Session:
         if name is not None:
             check_name(name)
         image = open_image(path)
-        adapter = self.adapter(model)
+        adapter = require(self.adapter(model), VaeCoder, "encode pictures")
         (lat,) = adapter.encode([image])
         lat.lineage = Lineage("encode", {"file": Path(path).name})
         return Stored(self.library.put(lat, name), name, lat)
@@ -312,12 +311,12 @@ class Session:
         image = open_image(path)
         adapter = self.adapter(model)
         options = {k: v for k, v in options.items() if v is not None}
-        if hasattr(adapter, "invert"):
+        if isinstance(adapter, Invertible):
             if options:
                 raise StudioError(f"{', '.join(sorted(options))}: options of a conditional GAN's projection; "
                                   f"{adapter.spec} is a diffusion model")
             gen = adapter.invert(image, prompt, _steps(steps, 100, 1000, "DDIM inversion"))
-        elif hasattr(adapter, "project"):
+        elif isinstance(adapter, GanW):
             if options and getattr(adapter, "vocabulary", None) is None:
                 raise StudioError(f"{adapter.spec} is an unconditional GAN: it takes no {', '.join(sorted(options))}")
             gen = adapter.project(image, _steps(steps, 300, 10_000, "GAN projection"), progress=progress, **options)

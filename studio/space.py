@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+
+import torch
 
 from studio.errors import SpaceMismatch, StudioError
 
@@ -20,18 +23,56 @@ KINDS = {
 }
 
 
+Part = tuple[str, tuple[int, ...]]  # (name, shape) of one piece of a packed tensor
+
+
 @dataclass(frozen=True)
 class Space:
-    """A tensor's home: ``kind`` (see KINDS), ``family`` (fingerprint of the defining component), ``shape`` per item."""
+    """A tensor's home: ``kind`` (see KINDS), ``family`` (fingerprint of the defining component), ``shape`` per item.
+
+    A space with ``parts`` holds several tensors packed into one flat vector, in order: SDXL's text
+    conditioning is its sequence embeddings and its pooled embedding together, so that every op
+    (lerp, means, vectors) moves all of them alike. ``shape`` is then the flat length.
+    """
 
     kind: str
     family: str
     shape: tuple[int, ...]
+    parts: tuple[Part, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise StudioError(f"unknown space kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        parts = tuple((str(n), tuple(int(s) for s in shape)) for n, shape in self.parts)
+        object.__setattr__(self, "parts", parts)
+        if parts and self.shape != (sum(math.prod(shape) for _, shape in parts),):
+            raise StudioError(f"a packed space's shape must be the total length of its parts, not {self.shape}")
+
+    @classmethod
+    def packed(cls, kind: str, family: str, parts: list[Part]) -> Space:
+        """A space of several named tensors packed into one flat vector (see ``pack``/``unpack``)."""
+        if len(parts) == 1:  # one part is just a plain space of that shape
+            return cls(kind, family, parts[0][1])
+        return cls(kind, family, (sum(math.prod(shape) for _, shape in parts),), tuple(parts))
+
+    def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Per-part tensors, each [N, *part shape], -> [N, *shape]."""
+        if not self.parts:
+            (only,) = tensors
+            return only
+        return torch.cat([t.flatten(1) for t in tensors], dim=1)
+
+    def unpack(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[N, *shape] -> part name -> [N, *part shape] (a plain space has the single part ``""``)."""
+        if not self.parts:
+            return {"": tensor}
+        out, start = {}, 0
+        for name, shape in self.parts:
+            size = math.prod(shape)
+            out[name] = tensor[:, start : start + size].reshape(len(tensor), *shape)
+            start += size
+        return out
 
     @property
     def gaussian(self) -> bool:
@@ -39,17 +80,25 @@ class Space:
         return KINDS[self.kind]
 
     def __str__(self) -> str:
-        return f"{self.kind}[{self.family}]({'x'.join(map(str, self.shape))})"
+        if self.parts:
+            shape = " + ".join(f"{name} {'x'.join(map(str, s))}" for name, s in self.parts)
+        else:
+            shape = "x".join(map(str, self.shape))
+        return f"{self.kind}[{self.family}]({shape})"
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "family": self.family, "shape": list(self.shape)}
+        out = {"kind": self.kind, "family": self.family, "shape": list(self.shape)}
+        if self.parts:
+            out["parts"] = [[name, list(shape)] for name, shape in self.parts]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> Space:
         try:
-            return cls(data["kind"], data["family"], tuple(data["shape"]))
-        except (KeyError, TypeError) as exc:
-            raise StudioError(f"malformed space description {data!r}") from exc
+            parts = tuple((name, tuple(shape)) for name, shape in data.get("parts", ()))
+            return cls(data["kind"], data["family"], tuple(data["shape"]), parts)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise StudioError(f"malformed space description {str(data)[:200]!r}") from None
 
     @classmethod
     def parse(cls, text: str) -> Space:
@@ -57,7 +106,11 @@ class Space:
         try:
             kind, rest = text.split("[", 1)
             family, rest = rest.split("](", 1)
-            shape = tuple(int(s) for s in rest.rstrip(")").split("x"))
+            body = rest.removesuffix(")")
+            if " " in body:  # packed: "name AxB + name C"
+                pieces = [p.strip().split(" ") for p in body.split("+")]
+                return cls.packed(kind, family, [(n, tuple(int(s) for s in d.split("x"))) for n, d in pieces])
+            shape = tuple(int(s) for s in body.split("x"))
         except ValueError as exc:
             raise StudioError(f"malformed space {text!r}; expected kind[family](AxB)") from exc
         return cls(kind, family, shape)

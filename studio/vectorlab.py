@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
+from pipelines.base import GanW, HSpace, SDEditable, TextConditioned, require
 from studio import vectors as vx
 from studio.checks import check_number, check_path, check_seed, check_text
 from studio.errors import SpaceMismatch, StudioError
@@ -117,19 +118,15 @@ class VectorLab:
         models = {g.model for g in gens}
         if len(models) != 1:
             raise StudioError(f"h-space vectors need generations of one model, got {', '.join(sorted(models))}")
-        adapter = self.session.adapter(models.pop())
-        if not hasattr(adapter, "hspace_of"):
-            raise StudioError(f"model {adapter.spec} has no h-space (only diffusion UNets do)")
+        adapter = require(self.session.adapter(models.pop()), HSpace, "make h-space vectors")
         return adapter.hspace_of(gens, steps)
 
     def from_prompts(self, definition: str | os.PathLike | dict, model: str | None = None,
                      name: str | None = None) -> Stored:
         """A text-space vector from a prompt-pair definition (templates, ``from`` and ``to`` phrases)."""
         spec = load_definition(definition)
-        adapter = self.session.adapter(model)
-        if not hasattr(adapter, "encode_text"):
-            raise StudioError(f"model {adapter.spec} is not text-conditioned; prompt-pair vectors need a text encoder")
-        space: Space = adapter.spaces()["text"]
+        adapter = require(self.session.adapter(model), TextConditioned, "make prompt-pair vectors")
+        space: Space = adapter.text_space
 
         norms: list[float] = []  # of the embeddings, the scale a zero direction is judged against
 
@@ -162,16 +159,15 @@ class VectorLab:
             self.library.check_free(f"{prefix}{i}")
         adapter = self.session.adapter(model)
         if space == "w":
-            if not hasattr(adapter, "sample_w"):
-                raise StudioError(f"model {adapter.spec} has no w space; use --space text with prompts")
-            x, target = adapter.sample_w(samples, seed), adapter.spaces()["w"]
+            x = require(adapter, GanW, "discover directions in w space (use --space text with prompts)").sample_w(
+                samples, seed)
+            target = adapter.spaces()["w"]
         elif space == "text":
-            if not hasattr(adapter, "encode_text"):
-                raise StudioError(f"model {adapter.spec} has no text encoder; discover its directions in w space")
+            require(adapter, TextConditioned, "discover directions in text space (use --space w)")
             if not prompts or len(prompts) < 3:
                 raise StudioError("text-space discovery needs a list of at least 3 prompts")
             x = adapter.encode_text(prompts).to("cpu", torch.float32).flatten(1)
-            target = adapter.spaces()["text"]
+            target = adapter.text_space
         else:
             raise StudioError(f"discovery works in 'w' or 'text' space, not {space!r}")
         distinct = len(torch.unique(x, dim=0))
@@ -256,7 +252,7 @@ class VectorLab:
     def _check_hspace(self, base: Any, v: Vector, ref: str) -> None:
         """An h-space vector shifts the bottleneck of the UNet that rendered ``base``, at its size."""
         adapter = self.session.adapter(base.model) if isinstance(base, Generation) else None
-        if adapter is None or not hasattr(adapter, "hspace_space"):
+        if adapter is None or not isinstance(adapter, HSpace):
             what = f"a generation of {base.model}" if isinstance(base, Generation) else f"a {base.kind}"
             raise StudioError(f"h-space vectors edit diffusion generations; the target is {what}")
         settings = {**adapter.default_settings(), **base.settings}
@@ -277,9 +273,7 @@ class VectorLab:
     def _sdedit_init(self, base: Any, base_id: str) -> Latent:
         if not isinstance(base, Generation) or "noise" not in base.roles:
             raise StudioError("sdedit needs a diffusion generation as its target")
-        adapter = self.session.adapter(base.model)
-        (picture,) = adapter.render([base])
-        (init,) = adapter.encode([picture])
+        init = require(self.session.adapter(base.model), SDEditable, "make SDEdit edits").sdedit_init(base)
         init.lineage = Lineage("encode", {"render_of": base_id})
         return init
 

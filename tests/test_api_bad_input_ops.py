@@ -76,8 +76,8 @@ def test_adapters_refuse_prompts_and_seeds_of_the_wrong_type(session):
 
 def test_a_scheduler_that_is_not_a_name_is_refused_with_the_choices(session):
     for value in (["DDIMScheduler"], 5, None):
-        with pytest.raises(StudioError, match=f"unknown scheduler {value!r}; choose one of DDIMScheduler, "
-                                              .replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(StudioError, match=f"unknown scheduler {value!r} for model tiny-sd \\(SD 1.x/2.x\\); "
+                                              "choose one of DDIMScheduler, ".replace("[", r"\[").replace("]", r"\]")):
             session.sample("tiny-sd", "x", seed=1, scheduler=value)
     assert names(session) == []
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = [p for p in (ROOT / "studio").rglob("*.py") if "ui" not in p.relative_to(ROOT / "studio").parts[:1]
-        and p.name != "cli.py"]
+        and p.name not in ("cli.py", "__main__.py")]
 
 
 def imported_modules(path: Path) -> set[str]:

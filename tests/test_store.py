@@ -360,8 +360,8 @@ def test_a_comfy_latent_cannot_go_into_a_model_without_a_vae(session, tmp_path):
     before = snapshot(session.library)
     with pytest.raises(StudioError) as err:
         session.import_file(path, model="tiny-gan")
-    assert str(err.value) == ("model tiny-gan has no VAE space, so a ComfyUI .latent cannot be imported into it; "
-                              "name a diffusion model with --model")
+    assert str(err.value) == ("model tiny-gan cannot take a ComfyUI .latent (name a diffusion model with --model): "
+                              "it has no VAE")
     assert snapshot(session.library) == before
 
 

@@ -326,6 +326,6 @@ def test_bad_vector_definitions_and_discovery_options_are_one_clear_error(tiny, 
         tiny.vectors.discover("tiny-gan", "w", k=3, samples=20, prefix="pc")
     with pytest.raises(StudioError, match="k must be a whole number of directions from 1 to 64, not 0"):
         tiny.vectors.discover("tiny-gan", "w", k=0)
-    with pytest.raises(StudioError, match="model tiny-gan has no text encoder"):
+    with pytest.raises(StudioError, match=r"model tiny-gan cannot discover directions in text space \(use --space w\): it has no text encoder"):
         tiny.vectors.discover("tiny-gan", "text", k=2, prompts=["a", "b", "c"])
     assert len(tiny.library) == before

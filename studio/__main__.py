@@ -1,0 +1,5 @@
+"""`python -m studio`: the same command line as `studio`."""
+
+from studio.cli import main
+
+main()
