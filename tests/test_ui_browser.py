@@ -188,3 +188,57 @@ def test_click_through_every_tab(page, shots):
     page.click("#lib-confirm")
     expect(images(page, "lib-gallery")).to_have_count(shown - 1)
     expect(page.locator("#lib-confirm")).to_be_hidden()
+
+
+@pytest.fixture(scope="module")
+def sdxl_page(tmp_path_factory):
+    """A second studio, started on a tiny SDXL folder as `studio ui --model FOLDER` would be."""
+    from pipelines.tiny import build_tiny_sdxl
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    folder = tmp_path_factory.mktemp("models") / "tiny-sdxl"
+    build_tiny_sdxl().save_pretrained(folder)
+    session = Session(tmp_path_factory.mktemp("sdxl-home"))
+    running = server.launch(session, str(folder), port=free_port(), block=False, echo=lambda line: None)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(WAIT)
+        page.goto(running.local_url)
+        page.wait_for_selector("#generate-btn")
+        yield page, session
+        browser.close()
+    running.close()
+    session.library.close()
+
+
+def test_an_sdxl_folder_generates_interpolates_and_applies_a_vector(sdxl_page, shots):
+    expect = sync_api.expect
+    page, session = sdxl_page
+    generate_and_name(page, "a cat", 5, ["xcat", "xcat2"])
+    generate_and_name(page, "a dog", 50, ["xdog", "xdog2"])
+    stored = session.get("xcat")
+    assert stored.roles["text"].space.parts[1][0] == "pooled" and stored.settings["target_size"] == [64, 64]
+    page.screenshot(path=str(shots / "6-sdxl-generate.png"), full_page=True)
+
+    open_tab(page, "Interpolate")
+    choose(page, "keys", "xcat", "xdog")
+    set_number(page, "frames", 4)
+    page.click("#interp-btn")
+    expect(images(page, "strip")).to_have_count(4)
+
+    open_tab(page, "Attributes")
+    choose(page, "set-a", "xcat", "xcat2")
+    choose(page, "set-b", "xdog", "xdog2")
+    fill(page, "vec-name", "xcatdog")
+    page.click("#build-btn")
+    expect(page.locator("#vec-info")).to_contain_text("xcatdog")
+    choose(page, "vector", "xcatdog")
+    choose(page, "targets", "xcat")
+    page.click("#apply-btn")
+    expect(images(page, "applied")).to_have_count(1)
+    expect(images(page, "sweep")).to_have_count(5)
+    page.screenshot(path=str(shots / "7-sdxl-attributes.png"), full_page=True)
+    vector = session.get("xcatdog")
+    assert vector.space == session.adapter(stored.model).text_space
