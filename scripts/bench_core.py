@@ -1,12 +1,13 @@
 """Core benchmarks, side by side in one run.
 
 1. Render N stored generations through the studio vs the same denoising through a plain
-   diffusers call on the same pipeline object (target: ratio <= 1.03).
+   diffusers call on the same pipeline object (target: ratio <= 1.03), for each model named:
+   by default the SD 1.5 layout (tiny-sd) and the SDXL layout (tiny-sdxl) side by side.
 2. Save and load of one latent in the library (target: milliseconds).
 3. ``latents ls`` over 10,000 stored objects (target: < 200 ms).
 
-    python scripts/bench_core.py                 # tiny-sd, 8 generations, 20 steps
-    python scripts/bench_core.py --model emoji-diffusion --n 16
+    python scripts/bench_core.py                 # tiny-sd and tiny-sdxl, 8 generations, 20 steps
+    python scripts/bench_core.py --models emoji-diffusion --n 16
 """
 
 from __future__ import annotations
@@ -38,15 +39,23 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         adapter = session.adapter(model)
         pipe = adapter.pipe
         s = gens[0].settings
-        noise = torch.stack([g.roles["noise"].tensor for g in gens])
-        text = torch.stack([g.roles["text"].tensor for g in gens])
-        negative = adapter.encode_text([s["negative_prompt"]]).expand(n, -1, -1)
+        noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(adapter.device, adapter.dtype)
+        text = adapter.text_space.unpack(torch.stack([g.roles["text"].tensor for g in gens]))
+        # what a user of diffusers passes: the prompt embeddings (and SDXL's pooled ones); the pipeline
+        # makes the empty negative prompt itself (zeros where force_zeros_for_empty_prompt says so)
+        kwargs = {"prompt_embeds": text.get("embeds", text.get("")).to(adapter.device, adapter.dtype)}
+        if "pooled" in text:
+            kwargs["pooled_prompt_embeds"] = text["pooled"].to(adapter.device, adapter.dtype)
+        if s["negative_prompt"] or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]]).expand(n, -1))
+            kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
+            if "pooled" in negative:
+                kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
 
         def plain():
-            pipe(latents=noise.to(adapter.device, adapter.dtype), prompt_embeds=text.to(adapter.device, adapter.dtype),
-                 negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=s["guidance"],
+            pipe(latents=noise, num_inference_steps=steps, guidance_scale=s["guidance"],
                  height=s["height"], width=s["width"], output_type="pil",
-                 generator=[torch.Generator().manual_seed(g.meta["seed"]) for g in gens])
+                 generator=[torch.Generator().manual_seed(g.meta["seed"]) for g in gens], **kwargs)
 
         def studio():
             session.render(gens)
@@ -57,7 +66,7 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
             plain_t += timed(plain, 1)
             studio_t += timed(studio, 1)
         p, st = statistics.median(plain_t), statistics.median(studio_t)
-        print(f"render  model={model} n={n} steps={steps} repeats={repeat}")
+        print(f"render  model={model} ({adapter.unet_kind.name} layout) n={n} steps={steps} repeats={repeat}")
         print(f"  plain diffusers call : {p:8.3f} s  (median; min {min(plain_t):.3f})")
         print(f"  studio render        : {st:8.3f} s  (median; min {min(studio_t):.3f})")
         print(f"  ratio studio/plain   : {st / p:8.4f}   (target <= 1.03) {'OK' if st / p <= 1.03 else 'MISSED'}")
@@ -111,7 +120,8 @@ def bench_library(count: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-sd", help="diffusion model spec to render with")
+    ap.add_argument("--models", default="tiny-sd,tiny-sdxl",
+                    help="comma-separated diffusion model specs to render with, side by side")
     ap.add_argument("--n", type=int, default=8, help="generations per render call")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5, help="timed repeats of each render path")
@@ -120,7 +130,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
-    bench_render(args.model, args.n, args.steps, args.repeat)
+    for model in args.models.split(","):
+        bench_render(model.strip(), args.n, args.steps, args.repeat)
     bench_library(args.objects)
 
 
