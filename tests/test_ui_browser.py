@@ -44,19 +44,31 @@ def url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one instance at a time)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"Chromium not found at {CHROMIUM}; run scripts/setup.sh --test")
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(WAIT)
-        page.goto(url)
-        page.wait_for_selector("#generate-btn")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_studio(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(WAIT)
+    page.goto(url)
+    page.wait_for_selector("#generate-btn")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    page = open_studio(browser, url)
+    yield page
+    page.close()
 
 
 @pytest.fixture(scope="module")
@@ -191,24 +203,17 @@ def test_click_through_every_tab(page, shots):
 
 
 @pytest.fixture(scope="module")
-def sdxl_page(tmp_path_factory):
+def sdxl_page(browser, tmp_path_factory):
     """A second studio, started on a tiny SDXL folder as `studio ui --model FOLDER` would be."""
     from pipelines.tiny import build_tiny_sdxl
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     folder = tmp_path_factory.mktemp("models") / "tiny-sdxl"
     build_tiny_sdxl().save_pretrained(folder)
     session = Session(tmp_path_factory.mktemp("sdxl-home"))
     running = server.launch(session, str(folder), port=free_port(), block=False, echo=lambda line: None)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(WAIT)
-        page.goto(running.local_url)
-        page.wait_for_selector("#generate-btn")
-        yield page, session
-        browser.close()
+    page = open_studio(browser, running.local_url)
+    yield page, session
+    page.close()
     running.close()
     session.library.close()
 
