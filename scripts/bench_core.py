@@ -47,7 +47,7 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         if "pooled" in text:
             kwargs["pooled_prompt_embeds"] = text["pooled"].to(adapter.device, adapter.dtype)
         if s["negative_prompt"] or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]]).expand(n, -1))
+            negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]] * n))
             kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
             if "pooled" in negative:
                 kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
