@@ -273,3 +273,63 @@ def build_tiny_lcm():
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
+    """A tiny pipeline in the shape a single-file checkpoint of ``layout`` is read back into.
+
+    A checkpoint file carries no configuration, so what its tensors cannot tell follows the
+    published configs (see ``pipelines/single_file.py``): the real CLIP tokenizer (49408 tokens,
+    77 positions), 32 group-norm groups, 8 attention heads (SD 1.x) or one per 64 channels.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines.single_file import LAYOUTS, _scheduler, tokenizer
+
+    spec = LAYOUTS[layout]
+    xl = layout == "SDXL base"
+
+    def encoder(openclip: bool, projection: bool = False):
+        config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                num_attention_heads=1, max_position_embeddings=77, projection_dim=32,
+                                hidden_act="gelu" if openclip else "quick_gelu",
+                                bos_token_id=0, eos_token_id=2, pad_token_id=1)
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+    torch.manual_seed(10)
+    unet = UNet2DConditionModel(
+        sample_size=spec.sample_size,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64 if xl else 32,
+        attention_head_dim=(1, 1) if spec.per_head_width else 8,
+        use_linear_projection=spec.per_head_width,
+        transformer_layers_per_block=(1, 2) if xl else 1,
+        **({"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 32} if xl else {}),
+    )
+    torch.manual_seed(11)
+    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
+                        sample_size=spec.sample_size * 8, scaling_factor=spec.scaling_factor)
+    torch.manual_seed(12)
+    first = encoder(spec.openclip[0])
+    parts = {"unet": unet, "vae": vae, "scheduler": _scheduler(spec), "text_encoder": first,
+             "tokenizer": tokenizer(77, spec.openclip[0])}
+    if xl:
+        torch.manual_seed(13)
+        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=encoder(True, projection=True),
+                                         tokenizer_2=tokenizer(77, True))
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
