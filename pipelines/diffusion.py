@@ -205,8 +205,12 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         _, dt = pick_device(device, dtype)
         if Path(source).is_dir():
             check_pipeline_folder(Path(source), spec)
+        quiet = diffusers.utils.logging.get_verbosity()
         try:
-            with warnings.catch_warnings():  # torch_dtype is spelled dtype in newer diffusers; both work
+            # torch_dtype is spelled dtype in newer diffusers; both work. The safety-checker arguments
+            # are for SD pipelines; the note that SDXL ignores them is not news.
+            diffusers.utils.logging.set_verbosity_error()
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = diffusers.DiffusionPipeline.from_pretrained(
                     source,
@@ -220,6 +224,8 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
             if Path(source).is_dir():
                 raise StudioError(f"cannot load diffusion model {spec!r}: {one_line(exc)}") from None
             raise offline_error(spec, exc) from None
+        finally:
+            diffusers.utils.logging.set_verbosity(quiet)
         defaults = read_studio_defaults(source) if Path(source).is_dir() else None
         return cls(pipe, spec, device, dtype, defaults=defaults)
 
@@ -414,7 +420,10 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                               "make an SDEdit edit with vectors apply --mode sdedit")
         prompts = check_prompts(seeds, prompts)
         noise_space = self.noise_space(settings["height"], settings["width"])
-        texts = self.encode_text(prompts).to("cpu", torch.float32)  # [N, *text shape]
+        # one encoder call per distinct prompt: a batched call differs in the last bits with the batch,
+        # and a seed and prompt must give the same generation alone or among others
+        encoded = {p: self.encode_text([p])[0].to("cpu", torch.float32) for p in dict.fromkeys(prompts)}
+        texts = [encoded[p] for p in prompts]  # [*text shape] each
         out = []
         for seed, prompt, text in zip(seeds, prompts, texts, strict=True):
             seed = int(seed)

@@ -407,3 +407,11 @@ def test_objects_of_plain_spaces_keep_their_ids():
     with pytest.raises(StudioError, match="packed space's shape"):
         Space("text", "t", (5,), (("a", (2,)), ("b", (2,))))
     assert isinstance(Vector(torch.zeros(4), Space.packed("text", "t", [("a", (2,)), ("b", (2,))])), Vector)
+
+
+@pytest.mark.parametrize("spec", ["tiny-sd", "tiny-sdxl"])
+def test_a_seed_gives_the_same_generation_alone_or_in_a_batch(studio, spec):
+    adapter = studio.adapter(spec)
+    alone = adapter.sample([1], ["a cat"], steps=2)[0]
+    batched = adapter.sample([1, 2, 3], ["a cat", "a dog", "a cat"], steps=2)
+    assert batched[0].id == alone.id and batched[2].roles["text"].id == alone.roles["text"].id
