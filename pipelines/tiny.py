@@ -275,7 +275,7 @@ def build_tiny_lcm():
     return pipe
 
 
-def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
+def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str = "epsilon"):
     """A tiny pipeline in the shape a single-file checkpoint of ``layout`` is read back into.
 
     A checkpoint file carries no configuration, so what its tensors cannot tell follows the
@@ -290,10 +290,11 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from pipelines.single_file import LAYOUTS, _scheduler, tokenizer
+    from pipelines.single_file import LAYOUTS, scheduler, tokenizer
 
     spec = LAYOUTS[layout]
     xl = layout == "SDXL base"
+    v_sd2 = layout == "SD 2.x" and prediction_type == "v_prediction"
 
     def encoder(openclip: bool, projection: bool = False):
         config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -304,7 +305,7 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
 
     torch.manual_seed(10)
     unet = UNet2DConditionModel(
-        sample_size=spec.sample_size,
+        sample_size=8,  # 64 px pictures
         block_out_channels=(32, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -312,6 +313,7 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
         cross_attention_dim=64 if xl else 32,
         attention_head_dim=(1, 1) if spec.per_head_width else 8,
         use_linear_projection=spec.per_head_width,
+        upcast_attention=v_sd2,
         transformer_layers_per_block=(1, 2) if xl else 1,
         **({"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
             "projection_class_embeddings_input_dim": 6 * 8 + 32} if xl else {}),
@@ -319,10 +321,10 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x"):
     torch.manual_seed(11)
     vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
-                        sample_size=spec.sample_size * 8, scaling_factor=spec.scaling_factor)
+                        sample_size=64, scaling_factor=spec.scaling_factor)
     torch.manual_seed(12)
     first = encoder(spec.openclip[0])
-    parts = {"unet": unet, "vae": vae, "scheduler": _scheduler(spec), "text_encoder": first,
+    parts = {"unet": unet, "vae": vae, "scheduler": scheduler(spec, prediction_type), "text_encoder": first,
              "tokenizer": tokenizer(77, spec.openclip[0])}
     if xl:
         torch.manual_seed(13)
