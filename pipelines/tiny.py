@@ -68,35 +68,54 @@ def _tiny_tokenizer_folder() -> Path:
     return write_char_tokenizer(Path(tempfile.mkdtemp(prefix="studio-tiny-tokenizer-")))
 
 
-def build_tiny_sd():
-    """A real StableDiffusionPipeline with tiny seeded random weights: 64x64 pictures, 8x VAE, 16 tokens."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}  # SD's
 
-    tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,  # latent side; x8 VAE -> 64 px pictures
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),  # four blocks: the 8x downscale of real SD VAEs
+
+def _tiny_unet(seed: int, **changes):
+    """A seeded two-level UNet on 8x8 latents (64 px pictures); ``changes`` make the SDXL and LCM variants."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{
+        "sample_size": 8,  # latent side; x8 VAE -> 64 px pictures
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        **changes,
+    })
+
+
+def _tiny_vae(seed: int, **changes):
+    """A seeded four-level VAE: the 8x downscale of real SD VAEs, with few channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
+        **changes,
     )
+
+
+def build_tiny_sd():
+    """A real StableDiffusionPipeline with tiny seeded random weights: 64x64 pictures, 8x VAE, 16 tokens."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
+    unet = _tiny_unet(0)
+    vae = _tiny_vae(1)
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -111,14 +130,7 @@ def build_tiny_sd():
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    scheduler = DDIMScheduler(  # SD 1.x's schedule; DDIM with eta 0 is deterministic
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False)  # deterministic at eta 0
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -172,54 +184,21 @@ def build_tiny_sdxl():
     numbers (8 channels each) plus the second encoder's pooled projection (32).
     """
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
-        UNet2DConditionModel,
     )
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-    )
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.13025,  # SDXL's VAE factor
-    )
+    unet = _tiny_unet(0, attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                      addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                      projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
+    vae = _tiny_vae(1, scaling_factor=0.13025)  # SDXL's VAE factor
     torch.manual_seed(2)
     text_encoder = _tiny_clip(tokenizer, 32)
     torch.manual_seed(3)
     text_encoder_2 = _tiny_clip(tokenizer, 32, projection=True)
-    scheduler = EulerDiscreteScheduler(  # SDXL's published scheduler settings
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading")  # SDXL's published scheduler
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -235,32 +214,13 @@ def build_tiny_sdxl():
 
 def build_tiny_lcm():
     """A real LatentConsistencyModelPipeline: tiny-sd's parts with a guidance-embedding UNet and LCMScheduler."""
-    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
     base = build_tiny_sd()
-    torch.manual_seed(4)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        time_cond_proj_dim=32,  # the guidance scale w enters as an embedding: LCM distils guidance away
-    )
-    scheduler = LCMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        set_alpha_to_one=True,
-        steps_offset=1,
-        timestep_spacing="leading",
-        original_inference_steps=50,
-    )
+    # the guidance scale w enters as an embedding: LCM distils guidance away
+    unet = _tiny_unet(4, time_cond_proj_dim=32)
+    scheduler = LCMScheduler(**SD_BETAS, set_alpha_to_one=True, timestep_spacing="leading",
+                             original_inference_steps=50)
     pipe = LatentConsistencyModelPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,

@@ -121,6 +121,23 @@ def generate_and_name(page, prompt: str, seed: int, names: list[str]) -> None:
         expect(page.locator("#gen-status")).to_contain_text(name)
 
 
+def build_and_apply(page, set_a: list[str], set_b: list[str], name: str, target: str, attribute: str = "") -> None:
+    """Attributes tab: a vector from two named sets, applied to one target with the default sweep."""
+    expect = sync_api.expect
+    choose(page, "set-a", *set_a)
+    choose(page, "set-b", *set_b)
+    fill(page, "vec-name", name)
+    if attribute:
+        fill(page, "vec-attr", attribute)
+    page.click("#build-btn")
+    expect(page.locator("#vec-info")).to_contain_text(name)
+    choose(page, "vector", name)
+    choose(page, "targets", target)
+    page.click("#apply-btn")
+    expect(images(page, "applied")).to_have_count(1)
+    expect(images(page, "sweep")).to_have_count(5)
+
+
 def test_click_through_every_tab(page, shots):
     expect = sync_api.expect
 
@@ -147,17 +164,7 @@ def test_click_through_every_tab(page, shots):
 
     # Attributes: a cat -> dog vector from the named sets, applied to a cat with a sweep
     open_tab(page, "Attributes")
-    choose(page, "set-a", "bcat", "bcat2")
-    choose(page, "set-b", "bdog", "bdog2")
-    fill(page, "vec-name", "catdog")
-    fill(page, "vec-attr", "style:noto:twemoji")
-    page.click("#build-btn")
-    expect(page.locator("#vec-info")).to_contain_text("catdog")
-    choose(page, "vector", "catdog")
-    choose(page, "targets", "bcat")
-    page.click("#apply-btn")
-    expect(images(page, "applied")).to_have_count(1)
-    expect(images(page, "sweep")).to_have_count(5)
+    build_and_apply(page, ["bcat", "bcat2"], ["bdog", "bdog2"], "catdog", "bcat", "style:noto:twemoji")
     if Studio.can_score():  # the judge's verdict on the vector, as a plot
         page.get_by_text("Score with the emoji-judge").click()
         fill(page, "score-strengths", "0, 1")
@@ -234,16 +241,7 @@ def test_an_sdxl_folder_generates_interpolates_and_applies_a_vector(sdxl_page, s
     expect(images(page, "strip")).to_have_count(4)
 
     open_tab(page, "Attributes")
-    choose(page, "set-a", "xcat", "xcat2")
-    choose(page, "set-b", "xdog", "xdog2")
-    fill(page, "vec-name", "xcatdog")
-    page.click("#build-btn")
-    expect(page.locator("#vec-info")).to_contain_text("xcatdog")
-    choose(page, "vector", "xcatdog")
-    choose(page, "targets", "xcat")
-    page.click("#apply-btn")
-    expect(images(page, "applied")).to_have_count(1)
-    expect(images(page, "sweep")).to_have_count(5)
+    build_and_apply(page, ["xcat", "xcat2"], ["xdog", "xdog2"], "xcatdog", "xcat")
     page.screenshot(path=str(shots / "7-sdxl-attributes.png"), full_page=True)
     vector = session.get("xcatdog")
     assert vector.space == session.adapter(stored.model).text_space

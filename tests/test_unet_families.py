@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import gaussian_denoiser
 from pipelines.base import GanW, HSpace, Invertible, SDEditable, TextConditioned, VaeCoder
 from pipelines.registry import load_adapter
 from pipelines.tiny import build_tiny_lcm, build_tiny_sd, build_tiny_sdxl
@@ -246,21 +247,11 @@ def test_sdxl_comfyui_latent_round_trip(studio, tmp_path):
 def test_inversion_re_renders_the_picture(spec, monkeypatch):
     """With the optimal denoiser for Gaussian latents in place of the random UNet, the refined DDIM
     inversion and the adapter's own re-render land on the VAE reconstruction of the picture."""
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
     from studio.scoring import psnr
 
     adapter = load_adapter(spec)
-    alphas = adapter.pipe.scheduler.alphas_cumprod
-    seen = []
-
-    def gaussian_denoiser(sample, timestep, *args, return_dict=True, **kwargs):
-        seen.append(sorted(k for k in kwargs if kwargs[k] is not None))
-        a = alphas[int(timestep)]
-        eps = (1 - a).sqrt() * sample / (a * 0.25 + 1 - a)  # E[noise | x] for latents ~ N(0, 0.25)
-        return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
-
-    monkeypatch.setattr(adapter.pipe.unet, "forward", gaussian_denoiser)
+    seen: list = []
+    monkeypatch.setattr(adapter.pipe.unet, "forward", gaussian_denoiser(adapter.pipe.scheduler.alphas_cumprod, seen))
     yy, xx = np.mgrid[0:64, 0:64]
     picture = Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8))
     (encoded,) = adapter.encode([picture])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TEXT, vector
+from conftest import TEXT, gaussian_denoiser, vector
 from studio import vectors as vx
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Latent, Vector
@@ -178,19 +178,10 @@ def test_refined_ddim_inversion_is_the_exact_inverse_of_the_sampler(tiny, monkey
     """With a denoiser whose behaviour is known (the optimal one for Gaussian latents) in place of the
     random UNet, the refined inversion followed by the adapter's own DDIM render lands on the VAE
     reconstruction; plain DDIM inversion (refine=0) falls well short of it."""
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
     from studio.scoring import psnr
 
     adapter = tiny.adapter("tiny-sd")
-    alphas = adapter.pipe.scheduler.alphas_cumprod
-
-    def gaussian_denoiser(sample, timestep, *args, return_dict=True, **kwargs):
-        a = alphas[int(timestep)]
-        eps = (1 - a).sqrt() * sample / (a * 0.25 + 1 - a)  # E[noise | x] for latents ~ N(0, 0.25)
-        return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
-
-    monkeypatch.setattr(adapter.pipe.unet, "forward", gaussian_denoiser)
+    monkeypatch.setattr(adapter.pipe.unet, "forward", gaussian_denoiser(adapter.pipe.scheduler.alphas_cumprod))
     yy, xx = np.mgrid[0:64, 0:64]
     picture = Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8))
     (encoded,) = adapter.encode([picture])
