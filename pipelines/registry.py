@@ -21,6 +21,11 @@ BUILTIN = {
 }
 
 
+OTHER_SPECS = [  # what a spec can name besides the built-in models, as `studio models` says it
+    ("FOLDER | HUB-ID", "a diffusers pipeline: SD 1.x/2.x, SDXL and SDXL-Turbo, or LCM"),
+    ("FILE.safetensors | .ckpt", "an original-layout SD 1.x, SD 2.x or SDXL base checkpoint (read offline)"),
+    ("FOLDER", "a studio GAN: config.json + model.safetensors"),
+]
 TINY_DIFFUSION = {"tiny-sd": "build_tiny_sd", "tiny-sdxl": "build_tiny_sdxl", "tiny-lcm": "build_tiny_lcm"}
 
 

@@ -421,6 +421,11 @@ def models(as_json):
     for spec, desc in rows:
         mark = "*" if spec == DEFAULT_MODEL else " "
         click.echo(f"{mark} {spec:<18} {desc}")
+    from pipelines.registry import OTHER_SPECS
+
+    click.echo("\nAlso:")
+    for spec, desc in OTHER_SPECS:
+        click.echo(f"  {spec:<26} {desc}")
 
 
 @main.command()
