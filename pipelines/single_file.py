@@ -535,6 +535,8 @@ def save_original_layout(pipe: diffusers.DiffusionPipeline, path: str | Path, la
     The header carries ModelSpec metadata (architecture, resolution, prediction type), as Stability's files do."""
     from safetensors.torch import save_file
 
+    from studio.store import FILE_MODE
+
     layout = layout or pipeline_layout(pipe)
     if layout not in LAYOUTS:
         raise StudioError(f"unknown checkpoint layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -547,6 +549,7 @@ def save_original_layout(pipe: diffusers.DiffusionPipeline, path: str | Path, la
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(original_layout(pipe, layout), str(tmp), metadata=metadata)
+        os.chmod(tmp, FILE_MODE)  # safetensors writes it private; it should read like any file the user writes
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

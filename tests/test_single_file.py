@@ -379,3 +379,10 @@ def test_the_cli_samples_a_file_under_unshare_n(files, tmp_path):
     show = subprocess.run([sys.executable, "-m", "studio", "latents", "show", made["id"], "--json"],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert json.loads(show.stdout)["model"] == str((work / "sd15-original.safetensors").resolve())
+
+
+def test_a_written_checkpoint_reads_like_any_file_the_user_writes(files):
+    from studio.store import FILE_MODE
+
+    path, _ = files["SD 1.x"]
+    assert path.stat().st_mode & 0o777 == FILE_MODE
