@@ -406,3 +406,27 @@ def test_a_seed_gives_the_same_generation_alone_or_in_a_batch(studio, spec):
     alone = adapter.sample([1], ["a cat"], steps=2)[0]
     batched = adapter.sample([1, 2, 3], ["a cat", "a dog", "a cat"], steps=2)
     assert batched[0].id == alone.id and batched[2].roles["text"].id == alone.roles["text"].id
+
+
+def test_sdxl_turbo_the_same_weights_with_one_step_and_no_guidance(tmp_path):
+    """SDXL-Turbo is an SDXL pipeline with a trailing EulerAncestral schedule, one step and guidance 0."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from pipelines.tiny import SD_BETAS
+
+    pipe = build_tiny_sdxl()
+    pipe.scheduler = EulerAncestralDiscreteScheduler(**SD_BETAS, timestep_spacing="trailing")
+    pipe.save_pretrained(tmp_path / "turbo")
+    (tmp_path / "turbo" / "studio.json").write_text(json.dumps({"steps": 1, "guidance": 0.0}))
+    adapter = load_adapter(str(tmp_path / "turbo"))
+    (g,) = adapter.sample([5], ["a cat"])
+    assert g.settings["steps"] == 1 and g.settings["guidance"] == 0.0
+    assert g.settings["scheduler"] == "EulerAncestralDiscreteScheduler"
+    ours = adapter.render([g])[0]
+    text = adapter.text_space.unpack(g.roles["text"].tensor[None])
+    theirs = pipe(prompt_embeds=text["embeds"], pooled_prompt_embeds=text["pooled"], latents=g.roles["noise"].tensor[None],
+                  num_inference_steps=1, guidance_scale=0.0, height=64, width=64, output_type="pil",
+                  generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert np.array_equal(pixels(ours), pixels(theirs))
+    with pytest.raises(StudioError, match="guidance 0.0 ignores the negative prompt"):
+        adapter.sample([5], ["a cat"], negative_prompt="blurry")
