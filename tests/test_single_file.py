@@ -386,3 +386,17 @@ def test_a_written_checkpoint_reads_like_any_file_the_user_writes(files):
 
     path, _ = files["SD 1.x"]
     assert path.stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_the_studio_renders_a_file_as_plain_diffusers_does_on_the_pipeline_read_from_it(files):
+    import numpy as np
+
+    path, _ = files["SD 1.x"]
+    adapter, pipe = load_adapter(str(path)), load_single_file(path)
+    gens = adapter.sample([1, 2], ["a cat", "a dog"], steps=2, height=64, width=64)
+    ours = adapter.render(gens)
+    theirs = pipe(prompt_embeds=torch.stack([g.roles["text"].tensor for g in gens]),
+                  latents=torch.stack([g.roles["noise"].tensor for g in gens]), num_inference_steps=2,
+                  guidance_scale=gens[0].settings["guidance"], height=64, width=64, output_type="pil").images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, theirs, strict=True))
+    assert gens[0].settings["scheduler"] == "PNDMScheduler"  # SD 1.5's published scheduler
