@@ -141,6 +141,8 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--negative", default=None, help="Negative prompt that guidance steers away from (diffusion), "
               "e.g. 'noto style'.")
 @click.option("--size", type=int, default=None, help="Image height and width in pixels (diffusion).")
+@click.option("--scheduler", default=None, help="Diffusion sampler, e.g. EulerAncestralDiscreteScheduler (default: "
+              "the model's own); a name that does not fit the model lists those that do.")
 @click.option("--truncation", type=float, default=None, help="Truncation psi (GAN).")
 @click.option("--space", type=click.Choice(["z", "w"]), default=None, help="Latent space to store (GAN; default z).")
 @click.option("--category", default=None, help="Category of a conditional GAN (overrides the prompt), e.g. flags.")
@@ -148,8 +150,8 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negative, size, truncation, space, category,
-           style, out, as_json):
+def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negative, size, scheduler, truncation, space,
+           category, style, out, as_json):
     """Draw new generations from seeds (and a prompt) and store them.
 
     \b
@@ -158,7 +160,7 @@ def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negativ
       studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
     """
     settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "negative_prompt": negative,
-                                  "height": size, "width": size,
+                                  "height": size, "width": size, "scheduler": scheduler,
                                   "truncation": truncation, "space": space, "category": category,
                                   "style": style}.items() if v is not None}
     session = _session(ctx)

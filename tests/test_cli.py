@@ -51,6 +51,15 @@ def test_sample_slerp_render_and_lineage(tmp_path, model, extra):
     assert back[0]["id"] == info["id"]
 
 
+def test_a_scheduler_that_fits_is_a_stored_setting(tmp_path):
+    home = tmp_path / "home"
+    out = studio(home, "sample", "--model", "tiny-sd", "--prompt", "a cat", "--steps", "2", "--seed", "4",
+                 "--scheduler", "EulerAncestralDiscreteScheduler", "--name", "anc", "--json")
+    assert json.loads(out.stdout)[0]["name"] == "anc"
+    info = json.loads(studio(home, "latents", "show", "anc", "--json").stdout)
+    assert info["settings"]["scheduler"] == "EulerAncestralDiscreteScheduler"
+
+
 def test_negative_prompt_is_a_stored_setting_that_changes_the_picture(tmp_path):
     home = tmp_path / "home"
     common = ["sample", "--model", "tiny-sd", "--prompt", "a cat", "--steps", "2", "--seed", "4"]
@@ -155,6 +164,9 @@ def text_file(tmp_path):
     (["sample", "--model", "tiny-sd", "--size", "30"], ["multiple of 8"]),
     (["sample", "--model", "tiny-gan", "-n", "0"], ["count must be between"]),
     (["sample", "--model", "tiny-gan", "--negative", "noto style"], ["unknown setting(s) negative_prompt for a GAN"]),
+    (["sample", "--model", "tiny-lcm", "--scheduler", "EulerDiscreteScheduler"],
+     ["unknown scheduler 'EulerDiscreteScheduler' for model tiny-lcm (LCM); choose one of LCMScheduler, DDIMScheduler"]),
+    (["sample", "--model", "tiny-lcm", "--negative", "a dog"], ["tiny-lcm is an LCM model: it ignores a negative"]),
     (["eval", "@a * 2", "--out", "x.jpg"], ["--out names a PNG file"]),
     (["vectors", "apply", "a", "a", "--bogus"], ["No such option '--bogus'", "vectors apply --help"]),
     (["latents", "ls", "--limit", "many"], ["'many' is not a valid integer", "latents ls --help"]),
