@@ -69,7 +69,7 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate") as tab_generate:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=290):
-                        model = model_picker(elem_id="model", info="a built-in name, a diffusers folder or a hub id")
+                        model = model_picker(elem_id="model", info="a built-in name, a diffusers folder, a hub id or a .safetensors checkpoint")
                         prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a cat wearing sunglasses",
                                             visible=diffusion, elem_id="prompt")
                         with gr.Row(equal_height=True):
