@@ -56,6 +56,12 @@ def batches(keys: list[dict], max_batch: int):
             yield json.loads(key), indices[start : start + max_batch]
 
 
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """An exception's message folded onto one short line (library messages often span several)."""
+    text = " ".join(str(exc).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def check_setting(settings: dict, name: str, low: float, high: float, integer: bool = False) -> None:
     """Refuse a setting that is not a number in [low, high]."""
     value = settings.get(name)

@@ -42,6 +42,7 @@ from pipelines.common import (
     check_setting,
     from_pil,
     offline_error,
+    one_line,
     public_config,
     weight_sample,
 )
@@ -64,25 +65,14 @@ class UNetFamily:
     schedulers: tuple[str, ...]  # schedulers offered; others render through the studio's own loop
 
 
-UNET_FAMILIES = {
-    "StableDiffusionPipeline": UNetFamily("SD 1.x/2.x", False, False, False, 20, 7.5, None, ()),
-    "StableDiffusionXLPipeline": UNetFamily("SDXL", True, True, False, 20, 5.0, None, ()),
-    "LatentConsistencyModelPipeline": UNetFamily("LCM", False, False, True, 4, 8.5, ("LCMScheduler",),
-                                                 ("LCMScheduler", "DDIMScheduler")),
-}
 MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")  # SDXL render settings
 
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its type and its message's lines folded together."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
 diffusers.utils.logging.disable_progress_bar()  # loading a model is quick; the render bar is ours
 transformers.utils.logging.disable_progress_bar()
 
-SCHEDULERS = [
+SCHEDULERS = (
     "DDIMScheduler",
     "DDPMScheduler",
     "PNDMScheduler",
@@ -94,7 +84,13 @@ SCHEDULERS = [
     "DPMSolverSinglestepScheduler",
     "KDPM2DiscreteScheduler",
     "UniPCMultistepScheduler",
-]  # what an SD or SDXL model offers; LCM models offer their own (UNET_FAMILIES)
+)  # what an SD or SDXL model offers
+UNET_FAMILIES = {
+    "StableDiffusionPipeline": UNetFamily("SD 1.x/2.x", False, False, False, 20, 7.5, None, SCHEDULERS),
+    "StableDiffusionXLPipeline": UNetFamily("SDXL", True, True, False, 20, 5.0, None, SCHEDULERS),
+    "LatentConsistencyModelPipeline": UNetFamily("LCM", False, False, True, 4, 8.5, ("LCMScheduler",),
+                                                 ("LCMScheduler", "DDIMScheduler")),
+}
 OPTIONAL_SETTINGS = {
     "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
     "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
@@ -166,7 +162,7 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         self.max_batch = 8 if self.device.type == "cpu" else 32
         # The model's own scheduler is the default for good: rendering with another never replaces it.
         self.default_scheduler = type(pipe.scheduler).__name__
-        self.schedulers = list(self.unet_kind.schedulers or SCHEDULERS)
+        self.schedulers = list(self.unet_kind.schedulers)
         if self.default_scheduler not in self.schedulers:
             self.schedulers.insert(0, self.default_scheduler)
         self._schedulers = {self.default_scheduler: pipe.scheduler}
@@ -222,7 +218,8 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                 )
         except Exception as exc:
             if Path(source).is_dir():
-                raise StudioError(f"cannot load diffusion model {spec!r}: {one_line(exc)}") from None
+                raise StudioError(f"cannot load diffusion model {spec!r}: {type(exc).__name__}: "
+                                  f"{one_line(exc)}") from None
             raise offline_error(spec, exc) from None
         finally:
             diffusers.utils.logging.set_verbosity(quiet)
@@ -363,6 +360,13 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                 self._negative[text] = self.encode_text([text])
         return self._negative[text].expand(n, *self._negative[text].shape[1:])
 
+    def text_parts(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Packed conditioning [N, *text shape] -> (sequence embeddings [N, L, D], pooled [N, P] or None)."""
+        if not self.unet_kind.pooled_text:
+            return text, None
+        parts = self.text_space.unpack(text)
+        return parts["embeds"], parts["pooled"]
+
     def guided(self, settings: dict) -> bool:
         """Whether rendering runs classifier-free guidance (a doubled batch with the negative prompt)."""
         return settings["guidance"] > 1 and not self.unet_kind.guidance_embedding
@@ -374,11 +378,10 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
 
     def unet_conditioning(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
         """Keyword arguments for a direct UNet call on the packed conditioning ``text`` [N, *text shape]."""
-        parts = self.text_space.unpack(text)
-        kwargs: dict[str, Any] = {"encoder_hidden_states": parts.get("embeds", parts.get(""))}
-        if self.unet_kind.pooled_text:
-            kwargs["added_cond_kwargs"] = {"text_embeds": parts["pooled"],
-                                           "time_ids": self._time_ids(settings, len(text))}
+        embeds, pooled = self.text_parts(text)
+        kwargs: dict[str, Any] = {"encoder_hidden_states": embeds}
+        if pooled is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(settings, len(text))}
         if self.unet_kind.guidance_embedding:
             w = torch.full((len(text),), settings["guidance"] - 1.0)
             kwargs["timestep_cond"] = self.pipe.get_guidance_scale_embedding(
@@ -397,16 +400,16 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
 
     def _pipeline_text(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
         """Keyword arguments that hand the packed conditioning to the diffusers pipeline call."""
-        parts = self.text_space.unpack(text)
-        kwargs: dict[str, Any] = {"prompt_embeds": parts.get("embeds", parts.get(""))}
-        if self.unet_kind.pooled_text:
-            kwargs["pooled_prompt_embeds"] = parts["pooled"]
+        embeds, pooled = self.text_parts(text)
+        kwargs: dict[str, Any] = {"prompt_embeds": embeds}
+        if pooled is not None:
+            kwargs["pooled_prompt_embeds"] = pooled
             kwargs.update({key: tuple(settings[key]) for key in MICRO_CONDITIONING})
         if self.guided(settings):
-            negative = self.text_space.unpack(self.negative_text(settings["negative_prompt"], len(text)))
-            kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
-            if self.unet_kind.pooled_text:
-                kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
+            embeds, pooled = self.text_parts(self.negative_text(settings["negative_prompt"], len(text)))
+            kwargs["negative_prompt_embeds"] = embeds
+            if pooled is not None:
+                kwargs["negative_pooled_prompt_embeds"] = pooled
         return kwargs
 
     # -- sampling --------------------------------------------------------------------------------------
@@ -620,7 +623,8 @@ def check_pipeline_folder(folder: Path, spec: str) -> None:
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise StudioError(f"cannot read {folder / 'model_index.json'}: {one_line(exc)}") from None
+        raise StudioError(f"cannot read {folder / 'model_index.json'}: {type(exc).__name__}: "
+                          f"{one_line(exc)}") from None
     if not isinstance(index, dict):
         raise StudioError(f"{folder / 'model_index.json'} must hold a JSON object")
     name = index.get("_class_name")

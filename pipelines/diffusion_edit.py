@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -94,17 +96,17 @@ def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor
 
 def step(scheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
     """One scheduler step; LCM's returns its denoised estimate separately, which the last step keeps."""
-    result = scheduler.step(output, t, x, generator=generator) if _takes_generator(scheduler) else \
-        scheduler.step(output, t, x)
+    extra = {"generator": generator} if _takes_generator(type(scheduler)) else {}
+    result = scheduler.step(output, t, x, **extra)
     if getattr(result, "denoised", None) is not None and scheduler.step_index == len(scheduler.timesteps):
         return result.denoised
     return result.prev_sample
 
 
-def _takes_generator(scheduler) -> bool:
-    import inspect
-
-    return "generator" in inspect.signature(scheduler.step).parameters
+@functools.cache
+def _takes_generator(kind: type) -> bool:
+    """Whether a scheduler class's step draws noise from a generator (read once per class, not per step)."""
+    return "generator" in inspect.signature(kind.step).parameters
 
 
 def decode(adapter: DiffusionAdapter, x0: torch.Tensor) -> list[Image.Image]:

@@ -141,7 +141,7 @@ def load_adapter(
 
 def resolved_spec(spec: str) -> str:
     """A folder or file spec as the absolute path it names (built-in names and hub ids are left as they are)."""
-    if spec in BUILTIN:
+    if not isinstance(spec, str) or spec in BUILTIN:  # a non-text spec is refused by load_adapter
         return spec
     path = Path(spec).expanduser()
     try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipelines.common import one_line
 from studio.errors import StudioError
 
 if TYPE_CHECKING:
@@ -75,17 +76,11 @@ class Variant:
     image_size: int  # picture side it was trained at
 
 
-def _line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's message folded onto one short line."""
-    text = " ".join(str(exc).split())
-    return text[:limit] + ("..." if len(text) > limit else "")
-
-
 def _refusal(exc: BaseException) -> str:
     """Why torch's weights-only unpickler refused a file, without its advice to load it unsafely."""
     paragraphs = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
     boilerplate = ("Weights only load failed", "Check the documentation")
-    return _line(" ".join(p for p in paragraphs if not p.startswith(boilerplate)) or type(exc).__name__)
+    return one_line(" ".join(p for p in paragraphs if not p.startswith(boilerplate)) or type(exc).__name__)
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                               f"run; it is never loaded unsafely): {_refusal(exc)}") from None
         except Exception as exc:
             raise StudioError(f"cannot read checkpoint {path.name!r}: {type(exc).__name__}: "
-                              f"{_line(exc)}") from None
+                              f"{one_line(exc)}") from None
         while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
         if isinstance(data, dict):  # a training checkpoint's bookkeeping (global_step, ...) is not weights
@@ -119,7 +114,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             data = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise StudioError(f"checkpoint {path.name!r} is not a readable safetensors file (truncated or "
-                              f"another format): {_line(exc)}") from None
+                              f"another format): {one_line(exc)}") from None
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise StudioError(f"checkpoint {path.name!r} does not hold a dict of tensors")
     return _hf_clip_names(data), metadata
@@ -365,8 +360,6 @@ def load_single_file(path: str | Path, dtype: torch.dtype = torch.float32) -> di
     """A StableDiffusionPipeline (SD 1.x/2.x) or StableDiffusionXLPipeline (SDXL base) from one checkpoint file."""
     from diffusers import (
         AutoencoderKL,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -388,8 +381,15 @@ def load_single_file(path: str | Path, dtype: torch.dtype = torch.float32) -> di
         raise StudioError(f"{layout.name} checkpoint {path.name!r}: {exc}") from None
     except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
         raise StudioError(f"cannot read {layout.name} checkpoint {path.name!r}: {type(exc).__name__}: "
-                          f"{_line(exc)}") from None
-    parts = {"unet": unet, "vae": vae, "scheduler": scheduler(layout, variant.prediction_type),
+                          f"{one_line(exc)}") from None
+    return assemble(layout, unet, vae, encoders, variant.prediction_type)
+
+
+def assemble(layout: Layout, unet, vae, encoders: list[tuple[Any, Any]], prediction_type: str = "epsilon"):
+    """The diffusers pipeline of ``layout`` from its parts; ``encoders`` are (text model, tokenizer) pairs."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    parts = {"unet": unet, "vae": vae, "scheduler": scheduler(layout, prediction_type),
              "text_encoder": encoders[0][0], "tokenizer": encoders[0][1]}
     if layout.name == "SDXL base":
         return StableDiffusionXLPipeline(**parts, text_encoder_2=encoders[1][0], tokenizer_2=encoders[1][1])

@@ -244,13 +244,11 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str 
     """
     from diffusers import (
         AutoencoderKL,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from pipelines.single_file import LAYOUTS, scheduler, tokenizer
+    from pipelines.single_file import LAYOUTS, assemble, tokenizer
 
     spec = LAYOUTS[layout]
     xl = layout == "SDXL base"
@@ -283,15 +281,10 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str 
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
                         sample_size=64, scaling_factor=spec.scaling_factor)
     torch.manual_seed(12)
-    first = encoder(spec.openclip[0])
-    parts = {"unet": unet, "vae": vae, "scheduler": scheduler(spec, prediction_type), "text_encoder": first,
-             "tokenizer": tokenizer(77, spec.openclip[0])}
+    encoders = [(encoder(spec.openclip[0]), tokenizer(77, spec.openclip[0]))]
     if xl:
         torch.manual_seed(13)
-        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=encoder(True, projection=True),
-                                         tokenizer_2=tokenizer(77, True))
-    else:
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        encoders.append((encoder(True, projection=True), tokenizer(77, True)))
+    pipe = assemble(spec, unet, vae, encoders, prediction_type)
     pipe.set_progress_bar_config(disable=True)
     return pipe

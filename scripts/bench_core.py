@@ -40,17 +40,17 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         pipe = adapter.pipe
         s = gens[0].settings
         noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(adapter.device, adapter.dtype)
-        text = adapter.text_space.unpack(torch.stack([g.roles["text"].tensor for g in gens]))
+        embeds, pooled = adapter.text_parts(torch.stack([g.roles["text"].tensor for g in gens]))
         # what a user of diffusers passes: the prompt embeddings (and SDXL's pooled ones); the pipeline
         # makes the empty negative prompt itself (zeros where force_zeros_for_empty_prompt says so)
-        kwargs = {"prompt_embeds": text.get("embeds", text.get("")).to(adapter.device, adapter.dtype)}
-        if "pooled" in text:
-            kwargs["pooled_prompt_embeds"] = text["pooled"].to(adapter.device, adapter.dtype)
+        kwargs = {"prompt_embeds": embeds.to(adapter.device, adapter.dtype)}
+        if pooled is not None:
+            kwargs["pooled_prompt_embeds"] = pooled.to(adapter.device, adapter.dtype)
         if s["negative_prompt"] or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]] * n))
-            kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
-            if "pooled" in negative:
-                kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
+            embeds, pooled = adapter.text_parts(adapter.encode_text([s["negative_prompt"]] * n))
+            kwargs["negative_prompt_embeds"] = embeds
+            if pooled is not None:
+                kwargs["negative_pooled_prompt_embeds"] = pooled
 
         def plain():
             pipe(latents=noise, num_inference_steps=steps, guidance_scale=s["guidance"],

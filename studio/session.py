@@ -84,7 +84,7 @@ class Session:
         """The loaded adapter for a model spec (loaded once per session)."""
         from pipelines.registry import load_adapter, resolved_spec
 
-        spec = resolved_spec(spec or DEFAULT_MODEL) if isinstance(spec or DEFAULT_MODEL, str) else spec
+        spec = resolved_spec(spec or DEFAULT_MODEL)
         if spec not in self._adapters:
             self._adapters[spec] = load_adapter(spec, device=self.device, dtype=self.dtype)
         return self._adapters[spec]

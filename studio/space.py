@@ -106,11 +106,7 @@ class Space:
         try:
             kind, rest = text.split("[", 1)
             family, rest = rest.split("](", 1)
-            body = rest.removesuffix(")")
-            if " " in body:  # packed: "name AxB + name C"
-                pieces = [p.strip().split(" ") for p in body.split("+")]
-                return cls.packed(kind, family, [(n, tuple(int(s) for s in d.split("x"))) for n, d in pieces])
-            shape = tuple(int(s) for s in body.split("x"))
+            shape = tuple(int(s) for s in rest.rstrip(")").split("x"))
         except ValueError as exc:
             raise StudioError(f"malformed space {text!r}; expected kind[family](AxB)") from exc
         return cls(kind, family, shape)
