@@ -173,7 +173,10 @@ def test_killing_a_writer_midway_leaves_the_library_intact(tmp_path):
     proc.wait()
     lib = Library(home)
     assert len(lib) >= 30
-    assert lib.check() == []
+    # the one put in flight may have its file on disk and not yet its index row: nothing corrupt, and
+    # reindex (`latents check --repair`) adopts it, as the README says
+    problems = lib.check()
+    assert len(problems) <= 1 and all("on disk but not in the index" in p for p in problems), problems
     for r in lib.ls():
         obj = lib.get(r.id)
         i = obj.meta["i"]
