@@ -1,10 +1,12 @@
-"""The UNet diffusion adapter: SD 1.x/2.x, SDXL (and Turbo) and LCM pipelines behind the PipelineAdapter contract.
+"""The diffusion adapter: diffusers pipelines, UNet (SD 1.x/2.x, SDXL, LCM) and transformer (SD 3, Flux.1, PixArt-Sigma).
 
-Spaces: ``noise`` (starting latents, stored unscaled: before ``scheduler.init_noise_sigma``),
-``text`` (the whole text conditioning the UNet takes: SD's hidden states, or SDXL's sequence
-embeddings and pooled embedding packed together), ``vae`` (image latents, stored unscaled: the raw
-``latent_dist.mean``, no ``scaling_factor``/``shift_factor``) and ``hspace`` (UNet mid-block output).
-What differs between the families is stated once, in ``UNET_FAMILIES``.
+Spaces: ``noise`` (starting latents, stored unscaled: before ``scheduler.init_noise_sigma``, and
+unpacked, ``[C, h, w]``, for every family), ``text`` (the whole text conditioning the denoiser
+takes, its parts packed together: SD's hidden states; SDXL's and SD 3's sequence embeddings and
+pooled embedding; Flux's T5 sequence and CLIP pooled embedding), ``vae`` (image latents, stored
+unscaled: the raw ``latent_dist.mean``, no ``scaling_factor``/``shift_factor``) and ``hspace``
+(a UNet's mid-block output, or a transformer's middle-block image tokens as a grid).
+What differs between the families is stated once each, in ``pipelines/families.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from pipelines.base import (
 )
 from pipelines.common import (
     batches,
-    check_pair,
     check_prompts,
     check_setting,
     from_pil,
@@ -46,69 +46,21 @@ from pipelines.common import (
     public_config,
     weight_sample,
 )
+from pipelines.families import FAMILIES, SDXL, Family, supported, text_fingerprint_config, text_label
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
 from studio.space import Space, fingerprint
-
-
-@dataclass(frozen=True)
-class UNetFamily:
-    """What one UNet family's pipeline needs that another's does not."""
-
-    name: str  # as `studio models` and messages say it
-    pooled_text: bool  # SDXL: a second encoder whose pooled projection enters through added embeddings
-    micro_conditioning: bool  # SDXL: original size, crop and target size enter as added time ids
-    guidance_embedding: bool  # LCM: guidance is distilled into the UNet (no negative prompt, no CFG batch)
-    steps: int  # default denoising steps
-    guidance: float  # default guidance scale
-    pipeline_schedulers: tuple[str, ...] | None  # schedulers its pipeline call takes (None: every studio one)
-    schedulers: tuple[str, ...]  # schedulers offered; others render through the studio's own loop
-
-
-MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")  # SDXL render settings
-
 
 transformers.logging.set_verbosity_error()  # prompt truncation is expected, not news, for short-context encoders
 diffusers.utils.logging.disable_progress_bar()  # loading a model is quick; the render bar is ours
 transformers.utils.logging.disable_progress_bar()
 
-SCHEDULERS = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "UniPCMultistepScheduler",
-)  # what an SD or SDXL model offers
-UNET_FAMILIES = {
-    "StableDiffusionPipeline": UNetFamily("SD 1.x/2.x", False, False, False, 20, 7.5, None, SCHEDULERS),
-    "StableDiffusionXLPipeline": UNetFamily("SDXL", True, True, False, 20, 5.0, None, SCHEDULERS),
-    "LatentConsistencyModelPipeline": UNetFamily("LCM", False, False, True, 4, 8.5, ("LCMScheduler",),
-                                                 ("LCMScheduler", "DDIMScheduler")),
-}
 OPTIONAL_SETTINGS = {
     "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
     "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
 }
 HSPACE_STEPS = diffusion_edit.HSPACE_STEPS
 MAX_SIDE = 4096  # pixels; beyond this a render would not fit any accelerator we know
-TEXT_KEYS = [
-    "model_type",
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "max_position_embeddings",
-    "hidden_act",
-    "projection_dim",
-]
-
 
 STUDIO_DEFAULTS_FILE = "studio.json"  # optional, in a model folder: {"steps": 20, "guidance": 3.0, ...}
 STUDIO_DEFAULT_KEYS = {"steps": int, "guidance": float, "scheduler": str, "negative_prompt": str}
@@ -140,7 +92,7 @@ def read_studio_defaults(folder: str | Path) -> dict[str, Any]:
 
 
 class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, SDEditable, HSpace):
-    """A diffusers UNet pipeline: SD 1.x/2.x (one CLIP encoder), SDXL (two, with pooled text), or LCM."""
+    """A diffusers pipeline of one of the ``FAMILIES``: a UNet or transformer denoiser, its text encoders, a VAE."""
 
     family = "diffusion"
 
@@ -152,40 +104,32 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         dtype: str | None = None,
         defaults: dict[str, Any] | None = None,
     ):
-        self.unet_kind = check_pipeline(pipe, spec)
+        self.kind = check_pipeline(pipe, spec)  # the family: what differs from the others
         self.device, self.dtype = pick_device(device, dtype)
         self.pipe, self.spec = pipe.to(self.device), spec
         if pipe.dtype != self.dtype:
             pipe.to(dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
+        self.denoiser = getattr(pipe, self.kind.denoiser)  # the UNet or the transformer
         self.scale = pipe.vae_scale_factor  # pixels per latent cell
+        self.patch = self.kind.patch(pipe)  # latent cells per denoiser token along each side
         self.max_batch = 8 if self.device.type == "cpu" else 32
         # The model's own scheduler is the default for good: rendering with another never replaces it.
         self.default_scheduler = type(pipe.scheduler).__name__
-        self.schedulers = list(self.unet_kind.schedulers)
+        self.schedulers = list(self.kind.schedulers)
         if self.default_scheduler not in self.schedulers:
             self.schedulers.insert(0, self.default_scheduler)
         self._schedulers = {self.default_scheduler: pipe.scheduler}
         self._negative: dict[str, torch.Tensor] = {}  # negative prompt -> [1, *text shape] on device
         self._defaults = dict(defaults or {})  # the model folder's own render defaults (studio.json)
         # Family fingerprints, once: configs plus a few KB of weights, never the whole model.
-        vae, unet = pipe.vae, pipe.unet
-        self.vae_family = fingerprint("vae", public_config(vae.config), weight_sample(vae))
-        encoders = [(pipe.text_encoder, pipe.tokenizer)]
-        if self.unet_kind.pooled_text:
-            encoders.append((pipe.text_encoder_2, pipe.tokenizer_2))
-        text_config = [{**public_config(te.config, TEXT_KEYS), "max_length": tok.model_max_length}
-                       for te, tok in encoders]
-        samples = b"".join(weight_sample(te) for te, _ in encoders)
-        # SD's fingerprint keeps its one-encoder form, so libraries made before SDXL stay valid.
-        self.text_family = fingerprint("text", text_config[0] if len(text_config) == 1 else text_config, samples)
-        self.unet_family = fingerprint("unet", public_config(unet.config), weight_sample(unet))
-        length = pipe.tokenizer.model_max_length
-        width = sum(te.config.hidden_size for te, _ in encoders)
-        parts = [("embeds", (length, width))]
-        if self.unet_kind.pooled_text:
-            parts.append(("pooled", (pipe.text_encoder_2.config.projection_dim,)))
-        self.text_space = Space.packed("text", self.text_family, parts)
+        self.vae_family = fingerprint("vae", public_config(pipe.vae.config), weight_sample(pipe.vae))
+        text_config, encoders = text_fingerprint_config(self.kind, pipe)
+        self.text_family = fingerprint(text_label(self.kind, pipe), text_config,
+                                       b"".join(weight_sample(te) for te in encoders))
+        self.denoiser_family = fingerprint(self.kind.denoiser, public_config(self.denoiser.config),
+                                           weight_sample(self.denoiser))
+        self.text_space = Space.packed("text", self.text_family, self.kind.text_parts(pipe))
 
     @classmethod
     def from_pretrained(
@@ -239,12 +183,8 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
     # -- spaces and settings -------------------------------------------------------------------------
 
     def noise_space(self, height: int, width: int) -> Space:
-        """Starting noise for a height x width picture, unscaled."""
-        return Space(
-            "noise",
-            self.vae_family,
-            (self.pipe.unet.config.in_channels, height // self.scale, width // self.scale),
-        )
+        """Starting noise for a height x width picture, unscaled and unpacked: [C, h, w]."""
+        return Space("noise", self.vae_family, self.vae_space(height, width).shape)
 
     def vae_space(self, height: int, width: int) -> Space:
         """VAE image latents of a height x width picture, unscaled."""
@@ -255,52 +195,49 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         )
 
     def hspace_space(self, height: int | None = None, width: int | None = None) -> Space:
-        """UNet mid-block output (Kwon et al.'s h-space) for a height x width picture."""
+        """The h-space (Kwon et al.) for a height x width picture: a UNet's mid-block output, or a
+        transformer's middle-block image tokens laid out on their grid, [C, h, w] either way."""
         d = self.default_settings()
         h, w = (height or d["height"]) // self.scale, (width or d["width"]) // self.scale
         stride = self.hspace_stride
-        return Space("hspace", self.unet_family,
-                     (self.pipe.unet.config.block_out_channels[-1], math.ceil(h / stride), math.ceil(w / stride)))
+        return Space("hspace", self.denoiser_family,
+                     (self.kind.hspace_channels(self.denoiser), math.ceil(h / stride), math.ceil(w / stride)))
 
     @property
     def hspace_stride(self) -> int:
-        """Latent cells per h-space cell along each side: each down block but the last halves the grid."""
-        return 2 ** (len(self.pipe.unet.config.down_block_types) - 1)
+        """Latent cells per h-space cell along each side."""
+        return self.kind.hspace_stride(self.pipe)
 
     def spaces(self) -> dict[str, Space]:
         d = self.default_settings()
         return {"noise": self.noise_space(d["height"], d["width"]), "text": self.text_space}
 
     def default_settings(self) -> dict[str, Any]:
-        side = self.pipe.unet.config.sample_size * self.scale
-        micro = dict.fromkeys(MICRO_CONDITIONING) if self.unet_kind.micro_conditioning else {}
+        side = self.kind.default_side(self.pipe)
         return {
-            "steps": self.unet_kind.steps,
-            "guidance": self.unet_kind.guidance,
+            **self.kind.settings(self.pipe),  # steps and guidance, and what only the family takes
             "scheduler": self.default_scheduler,
             "height": side,
             "width": side,
             "negative_prompt": "",
-            **micro,  # SDXL: None means the render size (and crop 0, 0), as in diffusers
             **self._defaults,  # a model folder's studio.json (e.g. the embedded emoji-diffusion's guidance)
         }
 
     def resolve_settings(self, settings: dict) -> dict:
         """Defaults overlaid with ``settings``, refusing impossible values with one clear sentence."""
-        s = {**self.default_settings(), **settings}
-        unknown = set(s) - set(self.default_settings()) - set(OPTIONAL_SETTINGS)
+        defaults = self.default_settings()
+        s = {**defaults, **settings}
+        unknown = set(s) - set(defaults) - set(OPTIONAL_SETTINGS)
         if unknown:
-            raise StudioError(
-                f"unknown setting(s) {', '.join(sorted(unknown))}; expected {', '.join(self.default_settings())}"
-            )
+            raise StudioError(f"unknown setting(s) {', '.join(sorted(unknown))} for model {self.spec} "
+                              f"({self.kind.name}); expected {', '.join(defaults)}")
         for side in ("height", "width"):
             check_setting(s, side, self.scale, MAX_SIDE, integer=True)
-            if s[side] % self.scale:
-                raise StudioError(
-                    f"{side}={s[side]} must be a multiple of {self.scale} (the VAE scale factor)"
-                )
+            self._check_side(side, s[side])
         check_setting(s, "steps", 1, 1000, integer=True)
-        check_setting(s, "guidance", 0.0, 100.0)
+        for key in ("guidance", "true_cfg"):
+            if key in s:
+                check_setting(s, key, 0.0, 100.0)
         self.scheduler(s["scheduler"])
         if "sdedit" in s:
             check_setting(s, "sdedit", 0.0, 1.0)
@@ -308,43 +245,48 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
             check_setting(s, "hspace_steps", 0, s["steps"], integer=True)
         if not isinstance(s["negative_prompt"], str):
             raise StudioError(f"negative_prompt must be text, not {s['negative_prompt']!r}")
-        if s["negative_prompt"] and self.unet_kind.guidance_embedding:
-            raise StudioError(f"model {self.spec} is an LCM model: it ignores a negative prompt (its guidance "
-                              "is distilled into the UNet); leave the negative prompt empty")
-        if s["negative_prompt"] and s["guidance"] <= 1:
-            raise StudioError(f"guidance {s['guidance']} ignores the negative prompt (it takes effect only "
-                              "above 1); raise the guidance or leave the negative prompt empty")
-        if self.unet_kind.micro_conditioning:
-            defaults = {"original_size": [s["height"], s["width"]], "crops_coords_top_left": [0, 0],
-                        "target_size": [s["height"], s["width"]]}
-            for key in MICRO_CONDITIONING:
-                s[key] = check_pair(s[key] if s[key] is not None else defaults[key], key)
+        self.kind.check_settings(s, self.spec)
+        if self.kind.micro_conditioning:
+            SDXL.resolve_micro(s)
         return s
+
+    def _check_side(self, side: str, value: int) -> None:
+        """A picture side the VAE and the denoiser's patches divide; else the nearest sizes that work."""
+        step = self.scale * self.patch
+        if value % step == 0:
+            return
+        low, high = value // step * step, (value // step + 1) * step
+        nearest = f"{low} or {high}" if low else str(high)
+        if self.patch == 1:
+            raise StudioError(f"{side}={value} must be a multiple of {self.scale} (the VAE scale factor); "
+                              f"nearest: {nearest}")
+        raise StudioError(f"{side}={value} cannot be cut into the {self.kind.denoiser}'s {self.patch}x{self.patch} "
+                          f"latent patches: it must be a multiple of {step} ({self.scale} pixels per latent cell); "
+                          f"nearest: {nearest}")
 
     def scheduler(self, name: str):
         """The scheduler called ``name`` (one of ``schedulers``), built once from the model's own config."""
         if not isinstance(name, str) or name not in self._schedulers:
             if not isinstance(name, str) or name not in self.schedulers:
                 raise StudioError(f"unknown scheduler {repr(name)[:80]} for model {self.spec} "
-                                  f"({self.unet_kind.name}); choose one of {', '.join(self.schedulers)}")
+                                  f"({self.kind.name}); choose one of {', '.join(self.schedulers)}")
             kind = getattr(diffusers, name)
             takes = inspect.signature(kind.__init__).parameters  # e.g. LCM's original_inference_steps: not DDIM's
             config = self._schedulers[self.default_scheduler].config
             self._schedulers[name] = kind.from_config({k: v for k, v in config.items() if k in takes})
         return self._schedulers[name]
 
+    def set_timesteps(self, scheduler, settings: dict) -> None:
+        """Set ``scheduler`` to the schedule the pipeline call sets for these settings (steps, shift, size)."""
+        size = (settings["height"] // self.scale, settings["width"] // self.scale)
+        self.kind.set_timesteps(scheduler, settings["steps"], size, self.device)
+
     # -- text conditioning -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Prompt conditioning exactly as the pipeline computes it, packed: [N, *text_space.shape] on device."""
-        if self.unet_kind.pooled_text:
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            return self.text_space.pack([embeds, pooled])
-        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
-        return embeds
+        return self.text_space.pack(self.kind.encode(self.pipe, prompts, self.device))
 
     def negative_text(self, text: str, n: int) -> torch.Tensor:
         """The negative prompt's conditioning, encoded once per text: [n, *text shape].
@@ -360,57 +302,29 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                 self._negative[text] = self.encode_text([text])
         return self._negative[text].expand(n, *self._negative[text].shape[1:])
 
-    def text_parts(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Packed conditioning [N, *text shape] -> (sequence embeddings [N, L, D], pooled [N, P] or None)."""
-        if not self.unet_kind.pooled_text:
-            return text, None
-        parts = self.text_space.unpack(text)
-        return parts["embeds"], parts["pooled"]
+    def text_parts(self, text: torch.Tensor) -> list[torch.Tensor]:
+        """Packed conditioning [N, *text shape] -> its parts in order, each [N, *part shape]."""
+        return list(self.text_space.unpack(text).values())
 
-    def guided(self, settings: dict) -> bool:
-        """Whether rendering runs classifier-free guidance (a doubled batch with the negative prompt)."""
-        return settings["guidance"] > 1 and not self.unet_kind.guidance_embedding
-
-    def _time_ids(self, settings: dict, n: int) -> torch.Tensor:
-        """SDXL's micro-conditioning as added time ids: [n, 6]."""
-        ids = [*settings["original_size"], *settings["crops_coords_top_left"], *settings["target_size"]]
-        return torch.tensor([ids], device=self.device, dtype=self.dtype).expand(n, -1)
-
-    def unet_conditioning(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
-        """Keyword arguments for a direct UNet call on the packed conditioning ``text`` [N, *text shape]."""
-        embeds, pooled = self.text_parts(text)
-        kwargs: dict[str, Any] = {"encoder_hidden_states": embeds}
-        if pooled is not None:
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(settings, len(text))}
-        if self.unet_kind.guidance_embedding:
-            w = torch.full((len(text),), settings["guidance"] - 1.0)
-            kwargs["timestep_cond"] = self.pipe.get_guidance_scale_embedding(
-                w, embedding_dim=self.pipe.unet.config.time_cond_proj_dim
-            ).to(self.device, self.dtype)
-        return kwargs
+    def cfg_scale(self, settings: dict) -> float | None:
+        """The classifier-free guidance scale of a render (a negative pass runs), or None when it has none."""
+        return self.kind.cfg_scale(settings)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, settings: dict) -> torch.Tensor:
-        """The UNet's (guided) output at the scaled model input ``x`` [N, C, h, w] for conditioning ``text``."""
-        if self.guided(settings):
-            cond = torch.cat([self.negative_text(settings["negative_prompt"], len(text)), text])
-            out = self.pipe.unet(torch.cat([x, x]), t, **self.unet_conditioning(cond, settings)).sample
-            uncond, conditioned = out.chunk(2)
-            return uncond + settings["guidance"] * (conditioned - uncond)
-        return self.pipe.unet(x, t, **self.unet_conditioning(text, settings)).sample
+        """The denoiser's (guided) output at model input ``x`` [N, C, h, w] for the packed conditioning ``text``."""
+        scale = self.cfg_scale(settings)
+        if scale is None:
+            return self.kind.denoise(self, x, t, self.text_parts(text), settings)
+        cond = torch.cat([self.negative_text(settings["negative_prompt"], len(text)), text])
+        uncond, conditioned = self.kind.denoise(self, torch.cat([x, x]), t, self.text_parts(cond), settings).chunk(2)
+        return uncond + scale * (conditioned - uncond)
 
-    def _pipeline_text(self, text: torch.Tensor, settings: dict) -> dict[str, Any]:
-        """Keyword arguments that hand the packed conditioning to the diffusers pipeline call."""
-        embeds, pooled = self.text_parts(text)
-        kwargs: dict[str, Any] = {"prompt_embeds": embeds}
-        if pooled is not None:
-            kwargs["pooled_prompt_embeds"] = pooled
-            kwargs.update({key: tuple(settings[key]) for key in MICRO_CONDITIONING})
-        if self.guided(settings):
-            embeds, pooled = self.text_parts(self.negative_text(settings["negative_prompt"], len(text)))
-            kwargs["negative_prompt_embeds"] = embeds
-            if pooled is not None:
-                kwargs["negative_pooled_prompt_embeds"] = pooled
-        return kwargs
+    def _pipeline_call(self, noise: torch.Tensor, text: torch.Tensor, settings: dict) -> dict[str, Any]:
+        """Keyword arguments that hand the latents, the packed conditioning and the guidance to the pipeline."""
+        negative = None
+        if self.cfg_scale(settings) is not None:
+            negative = self.text_parts(self.negative_text(settings["negative_prompt"], len(text)))
+        return self.kind.pipeline_call(self, noise, self.text_parts(text), negative, settings)
 
     # -- sampling --------------------------------------------------------------------------------------
 
@@ -463,7 +377,7 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
 
     def _through_pipeline(self, s: dict) -> bool:
         """Whether the diffusers pipeline call itself renders with these settings (else the studio's loop)."""
-        allowed = self.unet_kind.pipeline_schedulers
+        allowed = self.kind.pipeline_schedulers
         return "sdedit" not in s and (allowed is None or s["scheduler"] in allowed)
 
     @torch.no_grad()
@@ -496,20 +410,26 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                     progress(base + round((step + 1) * steps / pipe.num_timesteps), total)
                 return tensors
 
-            # 4. Denoise and decode with the pipeline: it multiplies the unscaled noise by init_noise_sigma itself.
+            def on_old_step(step, timestep, latents, base=done, steps=s["steps"]):  # PixArt's older callback
+                if progress:
+                    progress(base + min(step + 1, steps), total)
+
+            callback = ({"callback_on_step_end": on_step} if self.kind.step_callback
+                        else {"callback": on_old_step, "callback_steps": 1})
+            # 4. Denoise and decode with the pipeline: it multiplies the unscaled noise by init_noise_sigma
+            #    itself (and Flux's call takes the noise packed; the family packs it).
             hdelta = diffusion_edit.hdelta(batch, self.device, self.dtype)
+            passes = 2 if self.kind.separate_negative_pass and self.cfg_scale(s) is not None else 1
             with self._using_scheduler(s["scheduler"]), \
-                    diffusion_edit.hspace_shift(self.pipe.unet, hdelta, s.get("hspace_steps", HSPACE_STEPS)):
+                    diffusion_edit.hspace_shift(self, hdelta, s.get("hspace_steps", HSPACE_STEPS), passes):
                 result = self.pipe(
-                    latents=noise,
                     num_inference_steps=s["steps"],
-                    guidance_scale=s["guidance"],
                     height=s["height"],
                     width=s["width"],
                     generator=generator,
                     output_type="pil",
-                    callback_on_step_end=on_step,
-                    **self._pipeline_text(text, s),
+                    **callback,
+                    **self._pipeline_call(noise, text, s),
                 )
             for i, image in zip(idx, result.images, strict=True):
                 images[i] = image
@@ -533,7 +453,10 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         return diffusion_edit.hspace_of(self, generations, steps)
 
     def invert(self, image: Image.Image, prompt: str = "", steps: int = 100, refine: int = 3) -> Generation:
-        """DDIM inversion (``refine`` fixed-point iterations per step) into a generation that re-renders it."""
+        """Inversion into a generation that re-renders ``image``: DDIM inversion, or for flow matching the flow
+        ODE integrated backwards; ``refine`` fixed-point iterations per step either way."""
+        if self.kind.flow:
+            return diffusion_edit.flow_invert(self, image, prompt, steps, refine)
         return diffusion_edit.invert(self, image, prompt, steps, refine)
 
     def sdedit_init(self, generation: Generation) -> Latent:
@@ -584,37 +507,16 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         return out
 
 
-def check_pipeline(pipe, spec: str) -> UNetFamily:
-    """The UNet family of a loaded pipeline, or one error saying what is missing or does not fit."""
+def check_pipeline(pipe, spec: str) -> Family:
+    """The family of a loaded pipeline, or one error saying what is missing or does not fit."""
     name = type(pipe).__name__
-    kind = UNET_FAMILIES.get(name)
+    kind = FAMILIES.get(name)
     if kind is None:
-        raise StudioError(f"model {spec!r} is a {name}, which the studio does not run; it runs "
-                          f"{', '.join(UNET_FAMILIES)}")
-    needed = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
-    if kind.pooled_text:
-        needed += ["text_encoder_2", "tokenizer_2"]
-    missing = [c for c in needed if getattr(pipe, c, None) is None]
+        raise StudioError(f"model {spec!r} is a {name}, which the studio does not run; it runs {supported()}")
+    missing = [c for c in kind.components(pipe) if getattr(pipe, c, None) is None]
     if missing:
         raise StudioError(f"model {spec!r} ({name}) lacks {', '.join(missing)}")
-    unet = pipe.unet.config
-    widths = [pipe.text_encoder.config.hidden_size]
-    if kind.pooled_text:
-        widths.append(pipe.text_encoder_2.config.hidden_size)
-        pooled = pipe.text_encoder_2.config.projection_dim
-        if unet.addition_embed_type != "text_time" or (
-                unet.projection_class_embeddings_input_dim != 6 * unet.addition_time_embed_dim + pooled):
-            raise StudioError(f"model {spec!r} ({name}): the UNet's added embedding does not take the second "
-                              f"text encoder's pooled width {pooled} plus six micro-conditioning numbers")
-        if pipe.tokenizer.model_max_length != pipe.tokenizer_2.model_max_length:
-            raise StudioError(f"model {spec!r} ({name}): its tokenizers take {pipe.tokenizer.model_max_length} "
-                              f"and {pipe.tokenizer_2.model_max_length} tokens; they must agree")
-    if sum(widths) != unet.cross_attention_dim:
-        raise StudioError(f"model {spec!r} ({name}): text encoder width{'s' if len(widths) > 1 else ''} "
-                          f"{' + '.join(map(str, widths))} do{'' if len(widths) > 1 else 'es'} not match the "
-                          f"UNet's cross-attention width {unet.cross_attention_dim}")
-    if kind.guidance_embedding and not unet.time_cond_proj_dim:
-        raise StudioError(f"model {spec!r} ({name}): its UNet has no guidance embedding (time_cond_proj_dim)")
+    kind.check(pipe, spec)
     return kind
 
 
@@ -628,9 +530,9 @@ def check_pipeline_folder(folder: Path, spec: str) -> None:
     if not isinstance(index, dict):
         raise StudioError(f"{folder / 'model_index.json'} must hold a JSON object")
     name = index.get("_class_name")
-    if name not in UNET_FAMILIES:
+    if name not in FAMILIES:
         raise StudioError(f"model {spec!r} is a {str(name)[:80]!r} pipeline, which the studio does not run; "
-                          f"it runs {', '.join(UNET_FAMILIES)}")
+                          f"it runs {supported()}")
     parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None
              and k not in ("safety_checker", "feature_extractor", "image_encoder")]
     missing = [k for k in parts if not (folder / k).is_dir()]

@@ -1,12 +1,14 @@
-"""Editing tools for the diffusion adapter: h-space probes and shifts, SDEdit, DDIM inversion.
+"""Editing tools for the diffusion adapter: h-space probes and shifts, SDEdit, inversion.
 
 - h-space (Kwon et al. 2023, "Diffusion models already have a semantic latent space"): the
-  UNet mid-block output; a direction added there during the first denoising steps edits
-  the picture while the noise and prompt stay.
+  UNet mid-block output, or a transformer's middle-block image tokens; a direction added there
+  during the first denoising steps edits the picture while the noise and prompt stay.
 - SDEdit (Meng et al. 2022): noise an image latent to a chosen strength, denoise it with
-  the (edited) conditioning.
-- DDIM inversion (Song et al. 2021; Mokady et al. 2023): run the deterministic sampler
-  backwards from an image latent to the noise that re-renders it.
+  the (edited) conditioning. A DDPM-style model noises with its scheduler's ``add_noise``; a
+  flow-matching one along the flow, ``x_t = (1 - sigma) x0 + sigma noise``.
+- Inversion: DDIM inversion (Song et al. 2021; Mokady et al. 2023) runs the deterministic
+  sampler backwards from an image latent to the noise that re-renders it; for flow matching the
+  flow ODE is integrated backwards with the Euler steps its sampler takes forwards.
 """
 
 from __future__ import annotations
@@ -32,23 +34,39 @@ if TYPE_CHECKING:
 HSPACE_STEPS = 5  # default: shift the bottleneck during the first five denoising steps (the coarse layout)
 
 
+def _image_tokens(output):
+    """The image part of a block's output: a UNet block's tensor, or the second of a joint block's pair."""
+    return output[1] if isinstance(output, tuple) else output
+
+
+def _with_image_tokens(output, tokens: torch.Tensor):
+    return (output[0], tokens, *output[2:]) if isinstance(output, tuple) else tokens
+
+
 @contextmanager
-def hspace_shift(unet, delta: torch.Tensor | None, steps: int):
-    """Add ``delta`` [N, C, h, w] to the mid-block output during the first ``steps`` UNet calls."""
+def hspace_shift(adapter: DiffusionAdapter, delta: torch.Tensor | None, steps: int, passes: int = 1):
+    """Add ``delta`` [N, C, h, w] to the h-space block's output during the first ``steps`` steps.
+
+    ``passes``: denoiser calls per step (Flux's pipeline runs its true-CFG negative pass as a second call).
+    """
     if delta is None:
         yield
         return
     calls = 0
+    tokens = adapter.kind.denoiser != "unet"  # a transformer block outputs tokens [N, h * w, C], row by row
 
     def hook(module, inputs, output):
         nonlocal calls
         calls += 1
-        if calls > steps:
+        if calls > steps * passes:
             return output
-        reps = output.shape[0] // delta.shape[0]  # classifier-free guidance doubles the batch
-        return output + delta.repeat(reps, 1, 1, 1).to(output.dtype)
+        x = _image_tokens(output)
+        d = delta.repeat(x.shape[0] // delta.shape[0], 1, 1, 1)  # classifier-free guidance doubles the batch
+        if tokens:
+            d = d.flatten(2).transpose(1, 2)  # [N, C, h, w] -> [N, h * w, C]
+        return _with_image_tokens(output, x + d.to(x.dtype))
 
-    handle = unet.mid_block.register_forward_hook(hook)
+    handle = adapter.kind.hspace_block(adapter.denoiser).register_forward_hook(hook)
     try:
         yield
     finally:
@@ -56,13 +74,29 @@ def hspace_shift(unet, delta: torch.Tensor | None, steps: int):
 
 
 @contextmanager
-def hspace_probe(unet, store: list[torch.Tensor]):
-    """Record the mid-block output of every UNet call into ``store``."""
-    handle = unet.mid_block.register_forward_hook(lambda m, i, o: store.append(o.detach().float().cpu()))
+def hspace_probe(adapter: DiffusionAdapter, store: list[torch.Tensor], grid: tuple[int, int]):
+    """Record the h-space block's output of every denoiser call into ``store``, as [N, C, *grid]."""
+    tokens = adapter.kind.denoiser != "unet"
+
+    def hook(module, inputs, output):
+        x = _image_tokens(output).detach().float().cpu()
+        store.append(x.transpose(1, 2).reshape(len(x), -1, *grid) if tokens else x)
+
+    handle = adapter.kind.hspace_block(adapter.denoiser).register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+def noise_sigma(adapter: DiffusionAdapter, scheduler) -> float:
+    """What unscaled noise is multiplied by to start sampling (1 for flow matching: x at sigma 1 is the noise)."""
+    return 1.0 if adapter.kind.flow else scheduler.init_noise_sigma
+
+
+def model_input(adapter: DiffusionAdapter, scheduler, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The denoiser's input at ``x``: scaled by a DDPM-style scheduler, as is for flow matching."""
+    return x if adapter.kind.flow else scheduler.scale_model_input(x, t)
 
 
 def scaled(adapter: DiffusionAdapter, z: torch.Tensor) -> torch.Tensor:
@@ -77,7 +111,7 @@ def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor
             base: int = 0, total: int = 0) -> torch.Tensor:
     """A plain sampling loop over the last ``start`` fraction of the schedule; returns x0 latents."""
     scheduler = adapter.scheduler(settings["scheduler"])
-    scheduler.set_timesteps(settings["steps"], device=adapter.device)
+    adapter.set_timesteps(scheduler, settings)
     timesteps = scheduler.timesteps
     skip = settings["steps"] - max(1, round(settings["steps"] * start))
     timesteps = timesteps[skip:]
@@ -85,9 +119,9 @@ def denoise(adapter: DiffusionAdapter, latents: torch.Tensor, text: torch.Tensor
         scheduler.set_begin_index(skip)
     generator = torch.Generator("cpu").manual_seed(0)  # only a stochastic scheduler (LCM, DDPM) draws on it
     x = latents
-    with hspace_shift(adapter.pipe.unet, hdelta, settings.get("hspace_steps", HSPACE_STEPS)):
+    with hspace_shift(adapter, hdelta, settings.get("hspace_steps", HSPACE_STEPS)):
         for i, t in enumerate(timesteps):
-            eps = adapter.predict(scheduler.scale_model_input(x, t), t, text, settings)
+            eps = adapter.predict(model_input(adapter, scheduler, x, t), t, text, settings)
             x = step(scheduler, eps, t, x, generator)
             if progress:
                 progress(base + i + 1 + skip, total)
@@ -123,13 +157,17 @@ def render_loop(adapter: DiffusionAdapter, gens: list[Generation], settings: dic
     noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(dev, dt)  # [N, C, h, w]
     text = torch.stack([g.roles["text"].tensor for g in gens]).to(dev, dt)  # [N, *text shape]
     scheduler = adapter.scheduler(settings["scheduler"])
-    scheduler.set_timesteps(settings["steps"], device=dev)
+    adapter.set_timesteps(scheduler, settings)
     strength = settings.get("sdedit", 1.0)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * noise_sigma(adapter, scheduler)
     if strength < 1:
         init = scaled(adapter, torch.stack([g.roles["init"].tensor for g in gens]).to(dev, dt))
         skip = settings["steps"] - max(1, round(settings["steps"] * strength))
-        x = scheduler.add_noise(init, noise * scheduler.init_noise_sigma, scheduler.timesteps[skip : skip + 1])
+        if adapter.kind.flow:  # along the flow: x_t = (1 - sigma) x0 + sigma noise
+            sigma = scheduler.sigmas[skip].to(dev, dt)
+            x = (1 - sigma) * init + sigma * noise
+        else:
+            x = scheduler.add_noise(init, x, scheduler.timesteps[skip : skip + 1])
     return decode(adapter, denoise(adapter, x, text, settings, strength, hdelta(gens, dev, dt), progress, base, total))
 
 
@@ -153,9 +191,9 @@ def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> 
             raise StudioError(f"h-space probing over {steps} steps needs generations of at least {steps} steps")
         seen: list[torch.Tensor] = []
         scheduler = adapter.scheduler(s["scheduler"])
-        x = g.roles["noise"].tensor[None].to(adapter.device, adapter.dtype) * scheduler.init_noise_sigma
+        x = g.roles["noise"].tensor[None].to(adapter.device, adapter.dtype) * noise_sigma(adapter, scheduler)
         text = g.roles["text"].tensor[None].to(adapter.device, adapter.dtype)
-        with hspace_probe(adapter.pipe.unet, seen):
+        with hspace_probe(adapter, seen, space.shape[1:]):
             _first_steps(adapter, x, text, s, steps)
         acts = torch.stack([a[-1] for a in seen[:steps]])  # conditional half is last; [steps, C, h, w]
         h = acts.mean(0)
@@ -169,11 +207,31 @@ def hspace_of(adapter: DiffusionAdapter, gens: list[Generation], steps: int) -> 
 def _first_steps(adapter: DiffusionAdapter, x: torch.Tensor, text: torch.Tensor, s: dict, steps: int) -> None:
     """Run only the first ``steps`` steps of the schedule (the probe records along the way)."""
     scheduler = adapter.scheduler(s["scheduler"])
-    scheduler.set_timesteps(s["steps"], device=adapter.device)
+    adapter.set_timesteps(scheduler, s)
     generator = torch.Generator("cpu").manual_seed(0)
     for t in scheduler.timesteps[:steps]:
-        eps = adapter.predict(scheduler.scale_model_input(x, t), t, text, s)
+        eps = adapter.predict(model_input(adapter, scheduler, x, t), t, text, s)
         x = step(scheduler, eps, t, x, generator)
+
+
+def _image_latents(adapter: DiffusionAdapter, image: Image.Image) -> torch.Tensor:
+    """A picture, resized to the model's default size, as the scaled VAE latent the denoiser works on: [1, C, h, w]."""
+    d = adapter.default_settings()
+    if image.size != (d["width"], d["height"]):
+        image = image.resize((d["width"], d["height"]), Image.LANCZOS)
+    x = from_pil(image)[None].to(adapter.device, adapter.dtype)  # [1, 3, H, W]
+    return scaled(adapter, adapter.pipe.vae.encode(x).latent_dist.mean)
+
+
+def _inverted(adapter: DiffusionAdapter, noise: torch.Tensor, text: torch.Tensor, settings: dict, prompt: str,
+              lineage: Lineage) -> Generation:
+    """The generation an inversion found: its noise (stored unscaled) and the prompt's text."""
+    h, w = settings["height"], settings["width"]
+    meta = {"prompt": prompt, "model": adapter.spec}
+    roles = {"noise": Latent(noise.to("cpu", torch.float32), adapter.noise_space(h, w), {**meta, "scale": "unscaled"},
+                             lineage),
+             "text": Latent(text[0].to("cpu", torch.float32), adapter.text_space, {**meta, "scale": "none"}, lineage)}
+    return Generation(roles, adapter.spec, settings, meta, lineage)
 
 
 def _eps_and_x0(scheduler, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
@@ -203,15 +261,10 @@ def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", step
     iteration stalls, so there the predicted x0, which barely moves, is held fixed instead.
     """
     check_text(prompt, "prompt")
-    pipe = adapter.pipe
-    d = adapter.default_settings()
-    if image.size != (d["width"], d["height"]):
-        image = image.resize((d["width"], d["height"]), Image.LANCZOS)
-    x = from_pil(image)[None].to(adapter.device, adapter.dtype)  # [1, 3, H, W]
-    _, _, h, w = x.shape
-    latents = scaled(adapter, pipe.vae.encode(x).latent_dist.mean).double()  # [1, C, h, w]
+    latents = _image_latents(adapter, image).double()  # [1, C, h, w]
+    h, w = (side * adapter.scale for side in latents.shape[-2:])
     text = adapter.encode_text([prompt])
-    settings = adapter.resolve_settings({"steps": steps, "guidance": 1.0, "scheduler": "DDIMScheduler",
+    settings = adapter.resolve_settings({"steps": steps, **adapter.kind.unguided(), "scheduler": "DDIMScheduler",
                                          "height": h, "width": w})
     forward = adapter.scheduler("DDIMScheduler")  # exactly the sampler that will re-render it
     forward.set_timesteps(steps, device=adapter.device)
@@ -234,9 +287,37 @@ def invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", step
             else:  # hold x0: solve the forward step for the latent itself
                 guess = (latents - a_prev.sqrt() * x0) * ((1 - a_t) / (1 - a_prev)).sqrt() + a_t.sqrt() * x0
         latents = guess
-    noise = (latents[0] / forward.init_noise_sigma).to("cpu", torch.float32)  # stored unscaled
-    meta = {"prompt": prompt, "model": adapter.spec}
     lineage = Lineage("ddim-invert", {"steps": steps, "refine": refine, "prompt": prompt})
-    roles = {"noise": Latent(noise, adapter.noise_space(h, w), {**meta, "scale": "unscaled"}, lineage),
-             "text": Latent(text[0].to("cpu", torch.float32), adapter.text_space, {**meta, "scale": "none"}, lineage)}
-    return Generation(roles, adapter.spec, settings, meta, lineage)
+    return _inverted(adapter, latents[0] / forward.init_noise_sigma, text, settings, prompt, lineage)
+
+
+@torch.no_grad()
+def flow_invert(adapter: DiffusionAdapter, image: Image.Image, prompt: str = "", steps: int = 28,
+                refine: int = 3) -> Generation:
+    """The noise that re-renders ``image`` with the flow-matching Euler sampler, unguided, ``steps`` steps.
+
+    The sampler steps ``x[i+1] = x[i] + (sigma[i+1] - sigma[i]) v(x[i], t[i])`` from sigma 1 (noise)
+    to 0 (the picture). Run backwards, each step knows ``x[i+1]`` and must find the ``x[i]`` it came
+    from; the velocity is asked at the current estimate of ``x[i]`` and the step solved again,
+    ``refine`` more times (fixed-point iteration), so that the forward step from the result lands
+    back on ``x[i+1]``.
+    """
+    check_text(prompt, "prompt")
+    latents = _image_latents(adapter, image).double()  # [1, C, h, w], sigma 0
+    h, w = (side * adapter.scale for side in latents.shape[-2:])
+    text = adapter.encode_text([prompt])
+    settings = adapter.resolve_settings({"steps": steps, **adapter.kind.unguided(), "height": h, "width": w,
+                                         "scheduler": adapter.default_scheduler})
+    scheduler = adapter.scheduler(settings["scheduler"])
+    adapter.set_timesteps(scheduler, settings)
+    sigmas = scheduler.sigmas.to(adapter.device, torch.float64)  # [steps + 1], from 1 down to 0
+    for i in tqdm(reversed(range(len(scheduler.timesteps))), total=len(scheduler.timesteps), desc="invert",
+                  leave=False, disable=None):
+        t, target = scheduler.timesteps[i], latents
+        guess = target  # plain inversion's choice: the velocity where the step ends
+        for _ in range(refine + 1):
+            velocity = adapter.predict(guess.to(adapter.dtype), t, text, settings).double()
+            guess = target - (sigmas[i + 1] - sigmas[i]) * velocity
+        latents = guess
+    lineage = Lineage("flow-invert", {"steps": steps, "refine": refine, "prompt": prompt})
+    return _inverted(adapter, latents[0], text, settings, prompt, lineage)

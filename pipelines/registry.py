@@ -17,16 +17,29 @@ BUILTIN = {
     "tiny-sd": "tiny random-weight Stable Diffusion pipeline for tests (64x64, no download)",
     "tiny-sdxl": "tiny random-weight SDXL pipeline for tests (two text encoders, pooled text, 64x64)",
     "tiny-lcm": "tiny random-weight latent consistency model for tests (guidance-embedding UNet, 64x64)",
+    "tiny-sd3": "tiny random-weight SD 3 pipeline for tests (CLIP-L + CLIP-G + T5, flow matching, 64x64)",
+    "tiny-flux": "tiny random-weight Flux.1-dev pipeline for tests (T5 + CLIP, distilled guidance, 64x64)",
+    "tiny-flux-schnell": "tiny random-weight Flux.1-schnell pipeline for tests (no guidance embedding, 64x64)",
+    "tiny-pixart": "tiny random-weight PixArt-Sigma pipeline for tests (T5 with a mask, DiT, 64x64)",
     "tiny-gan": "tiny random-weight StyleGAN-style generator for tests (32x32, no download)",
 }
 
 
 OTHER_SPECS = [  # what a spec can name besides the built-in models, as `studio models` says it
-    ("FOLDER | HUB-ID", "a diffusers pipeline: SD 1.x/2.x, SDXL and SDXL-Turbo, or LCM"),
+    ("FOLDER | HUB-ID", "a diffusers pipeline: SD 1.x/2.x, SDXL and SDXL-Turbo, LCM, SD 3/3.5, Flux.1 (dev, schnell) "
+                        "or PixArt-Sigma"),
     ("FILE.safetensors | .ckpt", "an original-layout SD 1.x, SD 2.x or SDXL base checkpoint (read offline)"),
     ("FOLDER", "a studio GAN: config.json + model.safetensors"),
 ]
-TINY_DIFFUSION = {"tiny-sd": "build_tiny_sd", "tiny-sdxl": "build_tiny_sdxl", "tiny-lcm": "build_tiny_lcm"}
+TINY_DIFFUSION = {  # name -> (builder in pipelines.tiny, its arguments)
+    "tiny-sd": ("build_tiny_sd", {}),
+    "tiny-sdxl": ("build_tiny_sdxl", {}),
+    "tiny-lcm": ("build_tiny_lcm", {}),
+    "tiny-sd3": ("build_tiny_sd3", {}),
+    "tiny-flux": ("build_tiny_flux", {}),
+    "tiny-flux-schnell": ("build_tiny_flux", {"guidance_embeds": False}),
+    "tiny-pixart": ("build_tiny_pixart", {}),
+}
 
 
 def list_models() -> list[tuple[str, str]]:
@@ -100,7 +113,8 @@ def load_adapter(
         from pipelines import tiny
         from pipelines.diffusion import DiffusionAdapter
 
-        return DiffusionAdapter(getattr(tiny, TINY_DIFFUSION[spec])(), spec, device, dtype)
+        builder, kwargs = TINY_DIFFUSION[spec]
+        return DiffusionAdapter(getattr(tiny, builder)(**kwargs), spec, device, dtype)
     if spec == "tiny-gan":
         from pipelines.tiny import build_tiny_gan
 

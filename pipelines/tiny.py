@@ -96,16 +96,16 @@ def _tiny_vae(seed: int, **changes):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
+    return AutoencoderKL(**{
+        "block_out_channels": (8, 8, 16, 16),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": 64,
         **changes,
-    )
+    })
 
 
 def build_tiny_sd():
@@ -286,5 +286,186 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str 
         torch.manual_seed(13)
         encoders.append((encoder(True, projection=True), tokenizer(77, True)))
     pipe = assemble(spec, unet, vae, encoders, prediction_type)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_T5_MAX_LENGTH = 24  # the T5 slots' tokenizer length; the pipelines pad to their own max_sequence_length
+
+
+@lru_cache(maxsize=1)
+def _tiny_t5_tokenizer_folder() -> Path:
+    return write_char_tokenizer(Path(tempfile.mkdtemp(prefix="studio-tiny-t5-tokenizer-")), TINY_T5_MAX_LENGTH)
+
+
+def _tiny_t5(tokenizer, d_model: int):
+    """A seeded-by-the-caller T5 encoder (gated GELU, as T5 v1.1) sized for the tiny tokenizer, no dropout."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _tiny_flow_vae(seed: int, scaling_factor: float, shift_factor: float):
+    """``_tiny_vae`` with the SD3 / Flux latent space: 16 channels, a shift, no quant convs."""
+    return _tiny_vae(seed, latent_channels=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                     use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_tiny_sd3(t5: bool = True):
+    """A real StableDiffusion3Pipeline with tiny seeded random weights: 64x64, two CLIPs and a T5.
+
+    The CLIP features (32 + 32 wide) are padded to the T5 width (64), the transformer's
+    joint attention width; pooled text is the two projections together (64). Without ``t5``
+    the pipeline has no third encoder and SD3 puts zeros in the T5 part of the text.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,  # latent side; x8 VAE -> 64 px pictures
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,  # = heads x head width
+        pooled_projection_dim=64,
+        pos_embed_max_size=16,  # patches a side: pictures up to 256 px
+    )
+    vae = _tiny_flow_vae(1, scaling_factor=1.5305, shift_factor=0.0609)  # SD3's VAE numbers
+    torch.manual_seed(2)
+    text_encoder = _tiny_clip(tokenizer, 32, projection=True)
+    torch.manual_seed(3)
+    text_encoder_2 = _tiny_clip(tokenizer, 32, projection=True)
+    tokenizer_3 = text_encoder_3 = None
+    if t5:
+        tokenizer_3 = CLIPTokenizer.from_pretrained(_tiny_t5_tokenizer_folder())
+        torch.manual_seed(4)
+        text_encoder_3 = _tiny_t5(tokenizer_3, 64)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3's published scheduler
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_flux(guidance_embeds: bool = True):
+    """A real FluxPipeline with tiny seeded random weights: 64x64, CLIP pooled text and T5 text.
+
+    ``guidance_embeds`` gives the dev shape (guidance as an embedding, resolution-dependent
+    shift); without it, the schnell shape (no guidance embedding, no shift). Latents are
+    16 channels packed 2x2 into 64-wide tokens.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tiny_tokenizer_folder())
+    tokenizer_2 = CLIPTokenizer.from_pretrained(_tiny_t5_tokenizer_folder())
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels x 2x2 packing
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=[4, 4, 8],  # sums to the head width
+    )
+    vae = _tiny_flow_vae(1, scaling_factor=0.3611, shift_factor=0.1159)  # Flux's VAE numbers
+    torch.manual_seed(2)
+    text_encoder = _tiny_clip(tokenizer, 32)
+    torch.manual_seed(3)
+    text_encoder_2 = _tiny_t5(tokenizer_2, 32)
+    if guidance_embeds:  # dev's published scheduler
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    else:  # schnell's
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_pixart():
+    """A real PixArtSigmaPipeline with tiny seeded random weights: 64x64, T5 text, learned sigma.
+
+    The tiny sample size is none of PixArt's aspect-ratio bins: call it with
+    ``use_resolution_binning=False``.
+    """
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(_tiny_t5_tokenizer_folder())
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,  # latent side; x8 VAE -> 64 px pictures
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,  # the T5 width
+        in_channels=4,
+        cross_attention_dim=24,  # = heads x head width
+        out_channels=8,  # noise and variance: learned sigma
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    vae = _tiny_vae(1)
+    torch.manual_seed(2)
+    text_encoder = _tiny_t5(tokenizer, 32)
+    # PixArt-Sigma's published scheduler: DPM-Solver++ (2M) on linear betas
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                            prediction_type="epsilon", algorithm_type="dpmsolver++",
+                                            solver_order=2, solver_type="midpoint", lower_order_final=True,
+                                            timestep_spacing="linspace", steps_offset=0)
+    pipe = PixArtSigmaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -68,7 +68,7 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         p, st = statistics.median(plain_t), statistics.median(studio_t)
         # each pair ran back to back, so the median of the pairs' ratios is the least drift-prone figure
         ratio = statistics.median(b / a for a, b in zip(plain_t, studio_t, strict=True))
-        print(f"render  model={model} ({adapter.unet_kind.name} layout) n={n} steps={steps} repeats={repeat}")
+        print(f"render  model={model} ({adapter.kind.name} layout) n={n} steps={steps} repeats={repeat}")
         print(f"  plain diffusers call : {p:8.3f} s  (median; min {min(plain_t):.3f})")
         print(f"  studio render        : {st:8.3f} s  (median; min {min(studio_t):.3f})")
         print(f"  ratio studio/plain   : {ratio:8.4f}   (median of {repeat} back-to-back pairs; ratio of medians "

@@ -1,7 +1,8 @@
 """Every supported model family x every operation, as one table.
 
 Builds the tiny random-weight model of each family (SD 1.x, SDXL, LCM, the StyleGAN-like GAN,
-an SDXL diffusers folder, SD 1.5 and SDXL original-layout single files) and runs each
+an SDXL diffusers folder, SD 1.5 and SDXL original-layout single files, SD 3, Flux.1 dev and
+schnell, PixArt-Sigma) and runs each
 operation on it through the public facade ``studio.session.Session``, as a user would: sample,
 render, slerp, prompt-pair and from-sets vectors, apply (latent, h-space, SDEdit), invert,
 score with the emoji judge, ComfyUI ``.latent`` round trip, and a cross-family check (a vector
@@ -119,6 +120,10 @@ FAMILIES = {
         Family("sd15-file", _single_file("SD 1.x", "sd15"), "tiny-sdxl"),
         Family("sd2-file", _single_file("SD 2.x", "sd2"), "tiny-sd"),
         Family("sdxl-file", _single_file("SDXL base", "sdxl"), "tiny-sd"),
+        Family("tiny-sd3", lambda work: "tiny-sd3", "tiny-flux"),
+        Family("tiny-flux", lambda work: "tiny-flux", "tiny-sd3"),  # both 16-channel VAE latents
+        Family("tiny-flux-schnell", lambda work: "tiny-flux-schnell", "tiny-sd3"),  # dev's encoders: its text space
+        Family("tiny-pixart", lambda work: "tiny-pixart", "tiny-sd"),  # SD's VAE layout, another T5 text
     )
 }
 

@@ -357,10 +357,12 @@ def test_broken_sdxl_folders_are_one_error_each(tmp_path):
 
     def other_family(f):
         index = json.loads((f / "model_index.json").read_text())
-        index["_class_name"] = "FluxPipeline"
+        index["_class_name"] = "SanaPipeline"
         (f / "model_index.json").write_text(json.dumps(index))
 
-    assert "is a 'FluxPipeline' pipeline, which the studio does not run" in variant("flux", other_family)
+    message = variant("sana", other_family)
+    assert "is a 'SanaPipeline' pipeline, which the studio does not run; it runs StableDiffusionPipeline" in message
+    assert "FluxPipeline (Flux.1)" in message and "PixArtSigmaPipeline (PixArt-Sigma)" in message
 
 
 def test_mismatched_encoder_widths_are_refused_before_rendering():
