@@ -67,6 +67,7 @@ class Family:
     micro_conditioning = False  # SDXL: sizes and crop enter as added time ids
     step_callback = True  # the pipeline call takes callback_on_step_end (PixArt's takes the older callback)
     separate_negative_pass = False  # the pipeline runs the negative prompt as a second denoiser call (Flux)
+    guidance_label = "Guidance"  # what the guidance setting is, as the UI labels it
     schedulers: tuple[str, ...] = SCHEDULERS  # offered; the model's own is always among them
     pipeline_schedulers: tuple[str, ...] | None = None  # what its pipeline call takes (None: all offered)
     fingerprint_keys = CLIP_KEYS
@@ -231,6 +232,7 @@ class LCM(Family):
 
     name = "LCM"
     guidance_embedding = True
+    guidance_label = "Guidance (distilled into the UNet)"
     schedulers = ("LCMScheduler", "DDIMScheduler")
     pipeline_schedulers = ("LCMScheduler",)
 
@@ -391,6 +393,7 @@ class Flux(Transformer):
         return [*denoiser.transformer_blocks, *denoiser.single_transformer_blocks]  # one stack, double then single
 
     separate_negative_pass = True
+    guidance_label = "Distilled guidance"
 
     def cfg_scale(self, settings):
         return settings["true_cfg"] if settings["true_cfg"] > 1 else None
