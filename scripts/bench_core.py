@@ -2,11 +2,12 @@
 
 1. Render N stored generations through the studio vs the same denoising through a plain
    diffusers call on the same pipeline object (target: ratio <= 1.03), for each model named:
-   by default the SD 1.5 layout (tiny-sd, emoji-diffusion) and the SDXL layout (tiny-sdxl) side by side.
+   by default the SD 1.5 layout (tiny-sd, emoji-diffusion), SDXL (tiny-sdxl), SD 3 (tiny-sd3), Flux.1
+   (tiny-flux) and PixArt-Sigma (tiny-pixart) side by side.
 2. Save and load of one latent in the library (target: milliseconds).
 3. ``latents ls`` over 10,000 stored objects (target: < 200 ms).
 
-    python scripts/bench_core.py                 # tiny-sd, tiny-sdxl, emoji-diffusion; 8 generations, 20 steps
+    python scripts/bench_core.py                 # the six models above; 8 generations, 20 steps
     python scripts/bench_core.py --models emoji-diffusion --n 16
 """
 
@@ -29,6 +30,44 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
+def plain_kwargs(adapter, noise: torch.Tensor, text: torch.Tensor, s: dict) -> dict:
+    """What a user of diffusers passes for the stored latents and conditioning, family by family: the
+    prompt embeddings (pooled ones too, PixArt's mask), the negative prompt's, encoded once outside
+    the timing as the studio does (none where force_zeros_for_empty_prompt makes it zeros), and the guidance."""
+    pipe, n = adapter.pipe, len(noise)
+    name = type(pipe).__name__
+    parts = adapter.text_space.unpack(text)
+    kwargs = {"latents": noise, "guidance_scale": s.get("guidance", 0.0)}
+    guided = adapter.cfg_scale(s) is not None
+    negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]] * n)) if guided else {}
+    if name == "PixArtSigmaPipeline":
+        embeds = parts[""]
+        kwargs.update(prompt_embeds=embeds, prompt_attention_mask=(embeds != 0).any(-1).long(),
+                      use_resolution_binning=False, clean_caption=False)
+        if guided:
+            kwargs.update(negative_prompt=None, negative_prompt_embeds=negative[""],
+                          negative_prompt_attention_mask=(negative[""] != 0).any(-1).long())
+        return kwargs
+    if name == "FluxPipeline":
+        c, h, w = noise.shape[1:]
+        return {**kwargs, "latents": pipe._pack_latents(noise, n, c, h, w), "prompt_embeds": parts["embeds"],
+                "pooled_prompt_embeds": parts["pooled"]}
+    if name == "StableDiffusion3Pipeline":
+        kwargs.update(prompt_embeds=parts["embeds"], pooled_prompt_embeds=parts["pooled"])
+        if guided:
+            kwargs.update(negative_prompt_embeds=negative["embeds"], negative_pooled_prompt_embeds=negative["pooled"])
+        return kwargs
+    kwargs["prompt_embeds"] = parts.get("embeds", parts.get(""))
+    if "pooled" in parts:
+        kwargs["pooled_prompt_embeds"] = parts["pooled"]
+    if s["negative_prompt"] or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        negative = adapter.text_space.unpack(adapter.encode_text([s["negative_prompt"]] * n))
+        kwargs["negative_prompt_embeds"] = negative.get("embeds", negative.get(""))
+        if "pooled" in negative:
+            kwargs["negative_pooled_prompt_embeds"] = negative["pooled"]
+    return kwargs
+
+
 def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
     from studio.session import Session
 
@@ -40,20 +79,11 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         pipe = adapter.pipe
         s = gens[0].settings
         noise = torch.stack([g.roles["noise"].tensor for g in gens]).to(adapter.device, adapter.dtype)
-        embeds, pooled = adapter.text_parts(torch.stack([g.roles["text"].tensor for g in gens]))
-        # what a user of diffusers passes: the prompt embeddings (and SDXL's pooled ones); the pipeline
-        # makes the empty negative prompt itself (zeros where force_zeros_for_empty_prompt says so)
-        kwargs = {"prompt_embeds": embeds.to(adapter.device, adapter.dtype)}
-        if pooled is not None:
-            kwargs["pooled_prompt_embeds"] = pooled.to(adapter.device, adapter.dtype)
-        if s["negative_prompt"] or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            embeds, pooled = adapter.text_parts(adapter.encode_text([s["negative_prompt"]] * n))
-            kwargs["negative_prompt_embeds"] = embeds
-            if pooled is not None:
-                kwargs["negative_pooled_prompt_embeds"] = pooled
+        text = torch.stack([g.roles["text"].tensor for g in gens]).to(adapter.device, adapter.dtype)
+        kwargs = plain_kwargs(adapter, noise, text, s)
 
         def plain():
-            pipe(latents=noise, num_inference_steps=steps, guidance_scale=s["guidance"],
+            pipe(num_inference_steps=steps,
                  height=s["height"], width=s["width"], output_type="pil",
                  generator=[torch.Generator().manual_seed(g.meta["seed"]) for g in gens], **kwargs)
 
@@ -68,7 +98,7 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
         p, st = statistics.median(plain_t), statistics.median(studio_t)
         # each pair ran back to back, so the median of the pairs' ratios is the least drift-prone figure
         ratio = statistics.median(b / a for a, b in zip(plain_t, studio_t, strict=True))
-        print(f"render  model={model} ({adapter.kind.name} layout) n={n} steps={steps} repeats={repeat}")
+        print(f"render  model={model} ({adapter.kind.name}) n={n} steps={steps} repeats={repeat}")
         print(f"  plain diffusers call : {p:8.3f} s  (median; min {min(plain_t):.3f})")
         print(f"  studio render        : {st:8.3f} s  (median; min {min(studio_t):.3f})")
         print(f"  ratio studio/plain   : {ratio:8.4f}   (median of {repeat} back-to-back pairs; ratio of medians "
@@ -123,7 +153,7 @@ def bench_library(count: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="tiny-sd,tiny-sdxl,emoji-diffusion",
+    ap.add_argument("--models", default="tiny-sd,tiny-sdxl,emoji-diffusion,tiny-sd3,tiny-flux,tiny-pixart",
                     help="comma-separated diffusion model specs to render with, side by side")
     ap.add_argument("--n", type=int, default=8, help="generations per render call")
     ap.add_argument("--steps", type=int, default=20)

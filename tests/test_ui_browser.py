@@ -245,3 +245,44 @@ def test_an_sdxl_folder_generates_interpolates_and_applies_a_vector(sdxl_page, s
     page.screenshot(path=str(shots / "7-sdxl-attributes.png"), full_page=True)
     vector = session.get("xcatdog")
     assert vector.space == session.adapter(stored.model).text_space
+
+
+@pytest.fixture(scope="module")
+def flux_page(browser, tmp_path_factory):
+    """A third studio, started on a tiny Flux.1 dev folder (distilled guidance, packed 16-channel latents)."""
+    from pipelines.tiny import build_tiny_flux
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-flux"
+    build_tiny_flux().save_pretrained(folder)
+    session = Session(tmp_path_factory.mktemp("flux-home"))
+    running = server.launch(session, str(folder), port=free_port(), block=False, echo=lambda line: None)
+    page = open_studio(browser, running.local_url)
+    yield page, session
+    page.close()
+    running.close()
+    session.library.close()
+
+
+def test_a_flux_folder_generates_interpolates_and_applies_a_vector(flux_page, shots):
+    expect = sync_api.expect
+    page, session = flux_page
+    expect(page.locator("#guidance")).to_be_visible()
+    expect(page.locator("#guidance")).to_contain_text("Distilled guidance")  # the family's name for it
+    generate_and_name(page, "a cat", 5, ["fcat", "fcat2"])
+    generate_and_name(page, "a dog", 50, ["fdog", "fdog2"])
+    stored = session.get("fcat")
+    assert stored.roles["noise"].space.shape == (16, 8, 8)
+    assert [name for name, _ in stored.roles["text"].space.parts] == ["embeds", "pooled"]
+    page.screenshot(path=str(shots / "8-flux-generate.png"), full_page=True)
+
+    open_tab(page, "Interpolate")
+    choose(page, "keys", "fcat", "fdog")
+    set_number(page, "frames", 4)
+    page.click("#interp-btn")
+    expect(images(page, "strip")).to_have_count(4)
+
+    open_tab(page, "Attributes")
+    build_and_apply(page, ["fcat", "fcat2"], ["fdog", "fdog2"], "fcatdog", "fcat")
+    page.screenshot(path=str(shots / "9-flux-attributes.png"), full_page=True)
+    vector = session.get("fcatdog")
+    assert vector.space == session.adapter(stored.model).text_space

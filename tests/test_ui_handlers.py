@@ -315,3 +315,21 @@ def test_applying_to_several_targets_checks_every_name_first(studio, pair):
     with pytest.raises(gr.Error, match="the name 'calmed-2' already refers to"):
         studio.apply_vector("calm", [pair[0], pair[1]], 0.5, -1, 1, 0, "latent", "calmed", progress=None)
     assert len(studio.session.library) == before
+
+
+def test_model_info_labels_guidance_by_family_or_says_it_does_not_apply(studio):
+    assert studio.model_info("tiny-sd", progress=None)["guidance_label"] == "Guidance"
+    dev = studio.model_info("tiny-flux", progress=None)
+    assert dev["guidance_label"] == "Distilled guidance" and "guidance" in dev["defaults"]
+    schnell = studio.model_info("tiny-flux-schnell", progress=None)
+    assert schnell["guidance_label"] is None and "guidance" not in schnell["defaults"]
+    assert studio.model_info("tiny-gan", progress=None)["guidance_label"] is None
+
+
+def test_generate_drops_guidance_for_a_model_that_takes_none(studio):
+    # the UI's hidden Guidance slider still sends its value; Flux.1 schnell would refuse it
+    _, info, ids = studio.generate("tiny-flux-schnell", "a cat", 1, 1, STEPS, 7, None, "", progress=None)
+    assert "guidance" not in info[0]["settings"]
+    assert "guidance" not in studio.session.get(ids[0]).settings
+    _, dev, _ = studio.generate("tiny-flux", "a cat", 1, 1, STEPS, 2.5, None, "", progress=None)
+    assert dev[0]["settings"]["guidance"] == 2.5

@@ -51,6 +51,7 @@ def build(studio: Studio) -> gr.Blocks:
     """The whole UI for one Studio; per-user values live in gr.State."""
     start = studio.model_info(studio.model, progress=None)
     defaults, diffusion = start["defaults"], start["family"] == "diffusion"
+    guidance_label = start["guidance_label"]  # None: the model takes no guidance setting
     private: dict[str, Any] = {"api_visibility": "private"}
     quiet: dict[str, Any] = {**private, "show_progress": "hidden"}  # small glue updates: no spinner
 
@@ -80,7 +81,8 @@ def build(studio: Studio) -> gr.Blocks:
                             steps = gr.Slider(1, 100, value=defaults.get("steps", 20), step=1, label="Steps",
                                               visible=diffusion, elem_id="steps")
                             guidance = gr.Slider(0, 20, value=defaults.get("guidance", 7.5), step=0.5,
-                                                 label="Guidance", visible=diffusion, elem_id="guidance")
+                                                 label=guidance_label or "Guidance",
+                                                 visible=guidance_label is not None, elem_id="guidance")
                         truncation = gr.Slider(-1, 2, value=defaults.get("truncation", 1.0), step=0.05,
                                                label="Truncation ψ", visible=not diffusion, elem_id="truncation")
                         tags = gr.Textbox(label="Tags", placeholder="optional: day, portrait", elem_id="gen-tags")
@@ -355,10 +357,11 @@ def build(studio: Studio) -> gr.Blocks:
             except gr.Error as exc:
                 gr.Warning(f"{model}: {exc.message}")
                 return (current, *(gr.update() for _ in range(4)), studio.title(current), current)
-            d, is_diffusion = info["defaults"], info["family"] == "diffusion"
+            d, is_diffusion, label = info["defaults"], info["family"] == "diffusion", info["guidance_label"]
             return (info["model"], gr.update(visible=is_diffusion),
                     gr.update(visible=is_diffusion, value=d.get("steps")),
-                    gr.update(visible=is_diffusion, value=d.get("guidance")),
+                    gr.update(visible=label is not None,
+                              **({"value": d["guidance"], "label": label} if label is not None else {})),
                     gr.update(visible=not is_diffusion, value=d.get("truncation", 1.0)), studio.title(info["model"]),
                     info["model"])
 

@@ -297,14 +297,19 @@ class Studio:
 
     @shows_errors
     def model_info(self, model: str | None, progress: Any = gr.Progress()) -> dict[str, Any]:
-        """Load a model (once) and say what it is: family, description, the UI's default settings."""
+        """Load a model (once) and say what it is: family, description, the UI's default settings.
+
+        ``guidance_label`` is what its family calls the guidance setting ("Distilled guidance" for
+        Flux.1 dev), or None where the model takes no guidance setting (Flux.1 schnell, GANs).
+        """
         spec = self._model(model)
         with self.using(spec, progress):
             adapter = self._loaded(spec, progress)
         defaults = dict(adapter.default_settings())
         if spec.startswith("tiny-") and "steps" in defaults:
             defaults["steps"] = TINY_STEPS
-        return {"model": spec, "family": adapter.family, "defaults": defaults,
+        label = adapter.kind.guidance_label if "guidance" in defaults else None  # only diffusion takes guidance
+        return {"model": spec, "family": adapter.family, "defaults": defaults, "guidance_label": label,
                 "description": dict(Session.models()).get(spec, spec), "spaces": sorted(adapter.spaces())}
 
     def title(self, model: str | None = None) -> str:
@@ -356,7 +361,8 @@ class Studio:
             if adapter.family == "diffusion":
                 if steps not in (None, ""):
                     settings["steps"] = whole(steps, "steps", 1, 1000)
-                if guidance not in (None, ""):
+                # a hidden Guidance slider still sends its value: only a model that takes guidance gets it
+                if guidance not in (None, "") and "guidance" in adapter.default_settings():
                     settings["guidance"] = real(guidance, "guidance", 0.0, 100.0)
                 text = prompt if isinstance(prompt, str) else ""
             else:
