@@ -143,10 +143,13 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         """Load a hub id or a local diffusers folder; from the local cache only unless ``download``."""
         spec = spec or str(source)
         _, dt = pick_device(device, dtype)
+        absent: list[str] = []
         if Path(source).is_dir():
-            check_pipeline_folder(Path(source), spec)
+            absent = check_pipeline_folder(Path(source), spec)
         quiet = diffusers.utils.logging.get_verbosity()
         try:
+            if not Path(source).is_dir():  # a hub id: its model_index.json from the cache (or the hub)
+                absent = absent_parts(diffusers.DiffusionPipeline.load_config(source, local_files_only=not download))
             # torch_dtype is spelled dtype in newer diffusers; both work. The safety-checker arguments
             # are for SD pipelines; the note that SDXL ignores them is not news.
             diffusers.utils.logging.set_verbosity_error()
@@ -159,6 +162,7 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                     safety_checker=None,
                     requires_safety_checker=False,
                     low_cpu_mem_usage=False,  # the small models load at once; no accelerate needed
+                    **dict.fromkeys(absent),  # parts a pipeline leaves out (SD 3 without T5) are None, as saved
                 )
         except Exception as exc:
             if Path(source).is_dir():
@@ -520,8 +524,14 @@ def check_pipeline(pipe, spec: str) -> Family:
     return kind
 
 
-def check_pipeline_folder(folder: Path, spec: str) -> None:
-    """A diffusers folder names a pipeline the studio runs, and holds a folder for each part it lists."""
+def absent_parts(index: dict) -> list[str]:
+    """The components a ``model_index.json`` saves as absent (``[null, null]``, e.g. SD 3's optional T5)."""
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None]
+
+
+def check_pipeline_folder(folder: Path, spec: str) -> list[str]:
+    """A diffusers folder names a pipeline the studio runs, and holds a folder for each part it lists;
+    returns the parts it saves as absent."""
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -538,3 +548,4 @@ def check_pipeline_folder(folder: Path, spec: str) -> None:
     missing = [k for k in parts if not (folder / k).is_dir()]
     if missing:
         raise StudioError(f"model {spec!r} ({name}) is missing the part folder(s) {', '.join(missing)}")
+    return absent_parts(index)

@@ -59,6 +59,7 @@ class Family:
     """A family of diffusers pipelines: the UNet ones of SD 1.x/2.x by default; subclasses say what differs."""
 
     name = "SD 1.x/2.x"  # as `studio models` and messages say it
+    summary = "CLIP text; guidance with a negative prompt; 11 DDPM-style schedulers; DDIM inversion; h-space: UNet mid block"
     denoiser = "unet"  # the pipeline component that denoises
     encoders: dict[str, str] = {"text_encoder": "clip"}  # text encoder component -> its label
     optional_encoders: tuple[str, ...] = ()  # encoders a pipeline may leave out (SD3's T5)
@@ -174,6 +175,8 @@ class SDXL(Family):
     """SDXL and SDXL-Turbo: two CLIP encoders, the second one's pooled projection, micro-conditioning."""
 
     name = "SDXL"
+    summary = ("two CLIP sequences + pooled text; size/crop micro-conditioning; guidance with a negative prompt; "
+               "DDIM inversion; h-space: UNet mid block")
     encoders = {"text_encoder": "clip", "text_encoder_2": "clip"}
     micro_conditioning = True
 
@@ -231,6 +234,7 @@ class LCM(Family):
     """Latent consistency models: SD's parts with the guidance scale distilled into a UNet embedding."""
 
     name = "LCM"
+    summary = "SD's text; guidance distilled into the UNet (no negative prompt); LCM or DDIM scheduler; DDIM inversion"
     guidance_embedding = True
     guidance_label = "Guidance (distilled into the UNet)"
     schedulers = ("LCMScheduler", "DDIMScheduler")
@@ -296,8 +300,11 @@ class SD3(Transformer):
     """Stable Diffusion 3 / 3.5: CLIP-L + CLIP-G + optional T5 sequence, pooled CLIP, flow matching."""
 
     name = "SD 3/3.5"
+    summary = ("CLIP-L + CLIP-G + optional T5 sequence, pooled CLIP; guidance with a negative prompt; flow matching "
+               "(Euler, shift); flow-ODE inversion; h-space: middle joint block")
     encoders = {"text_encoder": "clipL", "text_encoder_2": "clipG", "text_encoder_3": "t5"}
     optional_encoders = ("text_encoder_3",)
+    patch_area = 4  # latent cells per token (2x2 patches), for the resolution shift's token count
     flow = True
     schedulers = FLOW_SCHEDULERS
     text_label = "text-sd3"
@@ -337,8 +344,6 @@ class SD3(Transformer):
             kwargs["mu"] = resolution_shift(scheduler, math.prod(latent_size) // self.patch_area, 1.16)
         scheduler.set_timesteps(steps, device=device, **kwargs)
 
-    patch_area = 4  # SD3's 2x2 patches: image tokens = latent cells / 4
-
     def pipeline_call(self, adapter, noise, parts, negative, settings):
         kwargs = {"latents": noise, "prompt_embeds": parts[0], "pooled_prompt_embeds": parts[1],
                   "guidance_scale": settings["guidance"]}
@@ -355,16 +360,16 @@ class Flux(Transformer):
     guidance embedding, so it has no ``guidance`` setting at all.
     """
 
+    name = "Flux.1"
     encoders = {"text_encoder": "clipL", "text_encoder_2": "t5"}
     flow = True
+    summary = ("T5 sequence + CLIP pooled, latents packed 2x2 for the transformer; dev: distilled guidance; true CFG "
+               "with a negative prompt; flow matching with the resolution shift; flow-ODE inversion; h-space: middle "
+               "of the double + single stack")
     schedulers = FLOW_SCHEDULERS
     pipeline_schedulers = FLOW_SCHEDULERS
     default_text_length = 512
     text_label = "text-flux"
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "Flux.1"
 
     def distilled(self, pipe) -> bool:
         return bool(pipe.transformer.config.guidance_embeds)
@@ -455,6 +460,8 @@ class PixArtSigma(Transformer):
     """
 
     name = "PixArt-Sigma"
+    summary = ("T5 sequence with its mask (padding stored as zeros); guidance with a negative prompt; 11 DDPM-style "
+               "schedulers; DDIM inversion; h-space: middle block")
     encoders = {"text_encoder": "t5"}
     step_callback = False
     default_text_length = 300
@@ -508,6 +515,11 @@ FAMILIES: dict[str, Family] = {
     "FluxPipeline": Flux(),
     "PixArtSigmaPipeline": PixArtSigma(),
 }  # pipeline class -> family; `studio models` and the README list these
+
+
+def family_table() -> list[tuple[str, str, str]]:
+    """(pipeline class, family, what it takes and how it edits) for each family, as `studio models` lists them."""
+    return [(pipeline, family.name, family.summary) for pipeline, family in FAMILIES.items()]
 
 
 def supported() -> str:

@@ -137,7 +137,10 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--name", default=None, help="Name to store under (NAME-1, NAME-2, ... when -n > 1).")
 @click.option("--tag", "tags", multiple=True, help="Tag to attach (repeatable).")
 @click.option("--steps", type=int, default=None, help="Denoising steps (diffusion).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (diffusion).")
+@click.option("--guidance", type=float, default=None, help="Guidance scale (diffusion): classifier-free guidance; "
+              "on Flux.1 dev the distilled guidance embedding, on LCM the guidance distilled into the UNet.")
+@click.option("--true-cfg", type=float, default=None, help="Flux.1: true classifier-free guidance, a second pass "
+              "with the negative prompt (above 1 to take effect).")
 @click.option("--negative", default=None, help="Negative prompt that guidance steers away from (diffusion), "
               "e.g. 'noto style'.")
 @click.option("--size", type=int, default=None, help="Image height and width in pixels (diffusion).")
@@ -150,16 +153,17 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, negative, size, scheduler, truncation, space,
-           category, style, out, as_json):
+def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, true_cfg, negative, size, scheduler,
+           truncation, space, category, style, out, as_json):
     """Draw new generations from seeds (and a prompt) and store them.
 
     \b
     Examples:
       studio sample --prompt "smiling cat face" --seed 3 --out out/
       studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
+      studio sample --model tiny-flux --prompt "a cat" --true-cfg 2 --negative blurry
     """
-    settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "negative_prompt": negative,
+    settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "true_cfg": true_cfg, "negative_prompt": negative,
                                   "height": size, "width": size, "scheduler": scheduler,
                                   "truncation": truncation, "space": space, "category": category,
                                   "style": style}.items() if v is not None}
@@ -423,11 +427,16 @@ def models(as_json):
     for spec, desc in rows:
         mark = "*" if spec == DEFAULT_MODEL else " "
         click.echo(f"{mark} {spec:<18} {desc}")
+    from pipelines.families import family_table
     from pipelines.registry import OTHER_SPECS
 
     click.echo("\nAlso:")
     for spec, desc in OTHER_SPECS:
         click.echo(f"  {spec:<26} {desc}")
+    click.echo("\nDiffusion families (every one samples, renders, interpolates, makes and applies vectors in "
+               "latent, h-space and SDEdit modes, inverts pictures, exports ComfyUI latents):")
+    for pipeline, family, summary in family_table():
+        click.echo(f"  {family:<13} {pipeline:<31} {summary}")
 
 
 @main.command()
@@ -658,8 +667,8 @@ def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, t
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default=None, help=f"Model to invert into (default: {DEFAULT_MODEL}).")
 @click.option("--prompt", "-p", default="", help="Prompt to condition the inversion on (diffusion).")
-@click.option("--steps", type=int, default=None, help="DDIM steps (diffusion, default 100) or optimisation steps "
-              "(GAN projection, default 300).")
+@click.option("--steps", type=int, default=None, help="Inversion steps (diffusion, default 100: DDIM, or Euler "
+              "steps of the flow ODE) or optimisation steps (GAN projection, default 300).")
 @click.option("--category", default=None, help="Class of a conditional GAN to project into.")
 @click.option("--style", default=None, help="Style of a conditional GAN to project into.")
 @click.option("--name", default=None, help="Name to store the inverted generation under.")
@@ -670,8 +679,9 @@ def invert(ctx, image, model, prompt, steps, category, style, name, out):
     """Turn a picture into a stored generation that re-renders it, so it can be edited.
 
     \b
-    Diffusion models: VAE encode, then DDIM inversion (each step refined by fixed-point
-    iteration) to the starting noise.
+    Diffusion models: VAE encode, then DDIM inversion, or for flow-matching models (SD 3,
+    Flux.1) the flow ODE integrated backwards, to the starting noise; each step refined by
+    fixed-point iteration.
     GAN models: projection into w by optimisation (pixel + perceptual loss).
 
     \b

@@ -299,7 +299,7 @@ class Session:
     def invert(self, path: str | os.PathLike, model: str | None = None, prompt: str | None = "",
                steps: int | None = None, name: str | None = None, progress: Progress | None = None,
                **options: Any) -> Stored:
-        """A picture -> a generation that re-renders it (DDIM inversion, or GAN projection), stored."""
+        """A picture -> a generation that re-renders it (DDIM or flow inversion, or GAN projection), stored."""
         prompt = check_text(prompt, "prompt", optional=True) or ""
         _check_progress(progress)
         unknown = sorted(set(options) - set(INVERT_OPTIONS))
@@ -315,7 +315,7 @@ class Session:
             if options:
                 raise StudioError(f"{', '.join(sorted(options))}: options of a conditional GAN's projection; "
                                   f"{adapter.spec} is a diffusion model")
-            gen = adapter.invert(image, prompt, _steps(steps, 100, 1000, "DDIM inversion"))
+            gen = adapter.invert(image, prompt, _steps(steps, 100, 1000, "inversion"))
         elif isinstance(adapter, GanW):
             if options and getattr(adapter, "vocabulary", None) is None:
                 raise StudioError(f"{adapter.spec} is an unconditional GAN: it takes no {', '.join(sorted(options))}")

@@ -343,3 +343,17 @@ def test_ddim_inversion_serves_pixart_a_ddpm_style_transformer(monkeypatch):
 
 def test_the_flux_family_names_its_guidance_for_the_ui():
     assert Flux().guidance_label == "Distilled guidance"
+
+
+def test_folders_of_each_family_load_and_an_sd3_folder_without_t5_too(tmp_path):
+    for name, pipe, builtin in [("sd3-no-t5", build_tiny_sd3(t5=False), None), ("pixart", build_tiny_pixart(), "tiny-pixart"),
+                                ("schnell", build_tiny_flux(guidance_embeds=False), "tiny-flux-schnell")]:
+        pipe.save_pretrained(tmp_path / name)
+        adapter = load_adapter(str(tmp_path / name))
+        assert adapter.spec == str((tmp_path / name).resolve())
+        if builtin:  # the same weights saved: the same spaces
+            assert adapter.text_space == load_adapter(builtin).text_space
+        else:
+            assert adapter.pipe.text_encoder_3 is None and "-t5-" not in adapter.text_space.family
+        (g,) = adapter.sample([1], ["a cat"], steps=2)
+        assert adapter.render([g])[0].size == (64, 64)
