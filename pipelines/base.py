@@ -145,7 +145,7 @@ class SDEditable(Capability):
 class HSpace(Capability):
     """The denoiser's bottleneck activations (Kwon et al.'s h-space), probed and shifted."""
 
-    label = "h-space (a diffusion UNet's bottleneck)"
+    label = "h-space (a diffusion denoiser's bottleneck or middle block)"
     hspace_stride: int
 
     @abstractmethod

@@ -57,7 +57,7 @@ transformers.utils.logging.disable_progress_bar()
 
 OPTIONAL_SETTINGS = {
     "sdedit": "SDEdit strength: render from the ``init`` picture latent noised this far (0..1)",
-    "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the UNet bottleneck",
+    "hspace_steps": "how many first denoising steps the ``hspace`` role shifts the h-space (UNet bottleneck, transformer middle block)",
 }
 HSPACE_STEPS = diffusion_edit.HSPACE_STEPS
 MAX_SIDE = 4096  # pixels; beyond this a render would not fit any accelerator we know
@@ -159,10 +159,9 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                     source,
                     torch_dtype=dt,
                     local_files_only=not download,
-                    safety_checker=None,
-                    requires_safety_checker=False,
                     low_cpu_mem_usage=False,  # the small models load at once; no accelerate needed
-                    **dict.fromkeys(absent),  # parts a pipeline leaves out (SD 3 without T5) are None, as saved
+                    # parts a pipeline saves as absent (SD 3 without T5) stay None
+                    **{**dict.fromkeys(absent), "safety_checker": None, "requires_safety_checker": False},
                 )
         except Exception as exc:
             if Path(source).is_dir():
@@ -453,7 +452,7 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
     # -- editing ---------------------------------------------------------------------------------------
 
     def hspace_of(self, generations: list[Generation], steps: int = HSPACE_STEPS) -> list[Latent]:
-        """Each generation's mean UNet bottleneck activation over its first ``steps`` steps (h-space)."""
+        """Each generation's mean h-space activation (UNet bottleneck, transformer middle block) over its first ``steps`` steps."""
         return diffusion_edit.hspace_of(self, generations, steps)
 
     def invert(self, image: Image.Image, prompt: str = "", steps: int = 100, refine: int = 3) -> Generation:

@@ -275,7 +275,7 @@ def op_apply_hspace(row: Row) -> str:
     """An h-space vector from the two sets, applied in mode hspace."""
     from pipelines.base import HSpace
 
-    row.capable(HSpace, "no UNet bottleneck (h-space is a diffusion UNet's)")
+    row.capable(HSpace, "no denoiser bottleneck (h-space is a diffusion model's)")
     row.need("from-sets", "render")
     hv = row.session.vectors.from_sets(*row.made["sets"], role="hspace", name=row.ref("hv"),
                                        hspace_steps=HSPACE_STEPS)

@@ -506,7 +506,7 @@ def vectors():
 @click.option("--method", type=click.Choice(["mean", "boundary"]), default="mean", show_default=True,
               help="mean difference, or the normal of a logistic-regression boundary (InterFaceGAN).")
 @click.option("--role", default=None, help="Role of generations to use: text, noise, z, w, or hspace "
-              "(UNet bottleneck; default: text for diffusion, the GAN's latent otherwise).")
+              "(UNet bottleneck or transformer middle block; default: text for diffusion, the GAN's latent otherwise).")
 @click.option("--hspace-steps", type=int, default=5, show_default=True, help="Steps averaged for --role hspace.")
 @click.option("--attribute", default=None, metavar="NAME:FROM:TO",
               help="What the vector edits, for scoring (e.g. style:noto:twemoji).")
@@ -595,7 +595,7 @@ def vectors_condition(ctx, vector, others, name):
 @click.option("--strength", "-s", "strengths", default="1", show_default=True,
               help="Strength, or a comma-separated sweep (e.g. -1,-0.5,0,0.5,1).")
 @click.option("--mode", type=click.Choice(["latent", "hspace", "sdedit"]), default="latent", show_default=True,
-              help="latent: add to the role in the vector's space; hspace: shift the UNet bottleneck; "
+              help="latent: add to the role in the vector's space; hspace: shift the h-space (UNet bottleneck, transformer middle block); "
                    "sdedit: re-render from the noised original picture.")
 @click.option("--sdedit-strength", type=float, default=0.6, show_default=True,
               help="With --mode sdedit: how far the original picture is noised before re-rendering (0-1; "

@@ -17,7 +17,7 @@ KINDS = {
     "noise": True,  # diffusion starting noise, stored unscaled (before init_noise_sigma)
     "vae": False,  # VAE image latents; the Latent records its scale convention
     "text": False,  # text-encoder hidden states (prompt embeddings)
-    "hspace": False,  # UNet bottleneck activations
+    "hspace": False,  # denoiser bottleneck activations (UNet mid block, transformer middle block)
     "gan-z": True,  # StyleGAN input latent z ~ N(0, I)
     "gan-w": False,  # StyleGAN intermediate latent w = mapping(z)
 }

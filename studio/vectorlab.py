@@ -207,7 +207,7 @@ class VectorLab:
         """target + s * vector for each strength s, stored with lineage (one object per strength).
 
         ``latent``: add to the role in the vector's space (text: the prompt moves, the noise stays);
-        ``hspace``: an h-space vector shifts the UNet bottleneck during the first denoising steps;
+        ``hspace``: an h-space vector shifts the denoiser's h-space (UNet bottleneck, transformer middle block) during the first denoising steps;
         ``sdedit``: the edit is rendered from the original picture noised to ``sdedit_strength``.
         """
         if mode not in APPLY_MODES:
@@ -258,7 +258,7 @@ class VectorLab:
         settings = {**adapter.default_settings(), **base.settings}
         expected = adapter.hspace_space(settings["height"], settings["width"])
         if v.space != expected:
-            raise SpaceMismatch(f"{ref} is in {v.space}, but this generation's UNet bottleneck is {expected}")
+            raise SpaceMismatch(f"{ref} is in {v.space}, but this generation's h-space is {expected}")
 
     def _stored(self, object_id: str) -> Stored:
         from studio.session import Stored

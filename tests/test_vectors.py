@@ -290,7 +290,7 @@ def test_hspace_edits_check_the_target_and_reach_sdedit_renders(tiny, tmp_path):
                                           "generation of tiny-gan"):
         tiny.vectors.apply("hgan", "hstyle", [1.0], mode="hspace")
     tiny.sample("tiny-sd", "a dog", 60, name="hwide", steps=6, height=64, width=96)
-    with pytest.raises(SpaceMismatch, match="this generation's UNet bottleneck is hspace"):
+    with pytest.raises(SpaceMismatch, match="this generation's h-space is hspace"):
         tiny.vectors.apply("hwide", "hstyle", [1.0], mode="hspace")
     # SDEdit renders apply the h-space shift too (they used to drop it): strength 0 and 50 differ
     result = score_vector(tiny, hv.name, [0.0, 50.0], n=2, sdedit=1.0)
