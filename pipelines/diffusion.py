@@ -482,7 +482,9 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
                     f"picture size {w}x{h} must be a multiple of {self.scale} on both sides to encode"
                 )
             z = self.pipe.vae.encode(x[None].to(self.device, self.dtype)).latent_dist.mean[0]  # [C, h, w]
-            meta = {"model": self.spec, "scale": "unscaled", "size": [w, h]}
+            cfg = self.pipe.vae.config  # what "scaled" would apply: (z - shift_factor) * scaling_factor
+            meta = {"model": self.spec, "scale": "unscaled", "size": [w, h], "scaling_factor": cfg.scaling_factor,
+                    "shift_factor": getattr(cfg, "shift_factor", None) or 0.0}
             out.append(Latent(z, self.vae_space(h, w), meta, Lineage("encode", {"size": [w, h]})))
         return out
 

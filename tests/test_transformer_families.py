@@ -234,6 +234,8 @@ def test_comfyui_latent_round_trip(studio, spec, tmp_path):
     picture = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(picture)
     enc = studio.encode_image(picture, spec, name=f"{spec}-enc")
+    cfg = studio.adapter(spec).pipe.vae.config  # SD 3 and Flux.1 shift their latents; the latent says by how much
+    assert enc.obj.meta["scale"] == "unscaled" and enc.obj.meta["shift_factor"] == (cfg.shift_factor or 0.0)
     studio.export(f"{spec}-enc", tmp_path / "x.latent")
     (back,) = studio.import_file(tmp_path / "x.latent", model=spec)
     assert back.id == enc.id and torch.equal(back.obj.tensor, enc.obj.tensor)
