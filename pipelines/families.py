@@ -55,6 +55,11 @@ CLIP_KEYS = [
 T5_KEYS = [*CLIP_KEYS, "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj"]
 
 
+def refused(pipe, spec: str, why: str) -> StudioError:
+    """The one error for a pipeline whose parts do not fit together: the model, its pipeline class, why."""
+    return StudioError(f"model {spec!r} ({type(pipe).__name__}): {why}")
+
+
 class Family:
     """A family of diffusers pipelines: the UNet ones of SD 1.x/2.x by default; subclasses say what differs."""
 
@@ -87,7 +92,7 @@ class Family:
         unet = pipe.unet.config
         widths = [pipe.text_encoder.config.hidden_size]
         if sum(widths) != unet.cross_attention_dim:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): text encoder width {widths[0]} does not match the "
+            raise refused(pipe, spec, f"text encoder width {widths[0]} does not match the "
                               f"UNet's cross-attention width {unet.cross_attention_dim}")
 
     # -- settings ------------------------------------------------------------------------------------
@@ -186,13 +191,13 @@ class SDXL(Family):
         pooled = pipe.text_encoder_2.config.projection_dim
         if unet.addition_embed_type != "text_time" or (
                 unet.projection_class_embeddings_input_dim != 6 * unet.addition_time_embed_dim + pooled):
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the UNet's added embedding does not take the second "
+            raise refused(pipe, spec, f"the UNet's added embedding does not take the second "
                               f"text encoder's pooled width {pooled} plus six micro-conditioning numbers")
         if pipe.tokenizer.model_max_length != pipe.tokenizer_2.model_max_length:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): its tokenizers take {pipe.tokenizer.model_max_length} "
+            raise refused(pipe, spec, f"its tokenizers take {pipe.tokenizer.model_max_length} "
                               f"and {pipe.tokenizer_2.model_max_length} tokens; they must agree")
         if sum(widths) != unet.cross_attention_dim:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): text encoder widths {widths[0]} + {widths[1]} do not "
+            raise refused(pipe, spec, f"text encoder widths {widths[0]} + {widths[1]} do not "
                               f"match the UNet's cross-attention width {unet.cross_attention_dim}")
 
     def settings(self, pipe) -> dict[str, Any]:
@@ -243,7 +248,7 @@ class LCM(Family):
     def check(self, pipe, spec: str) -> None:
         super().check(pipe, spec)
         if not pipe.unet.config.time_cond_proj_dim:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): its UNet has no guidance embedding (time_cond_proj_dim)")
+            raise refused(pipe, spec, "its UNet has no guidance embedding (time_cond_proj_dim)")
 
     def settings(self, pipe) -> dict[str, Any]:
         return {"steps": 4, "guidance": 8.5}
@@ -313,10 +318,10 @@ class SD3(Transformer):
         tr = pipe.transformer.config
         pooled = pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim
         if tr.pooled_projection_dim != pooled:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the transformer takes pooled text of width "
+            raise refused(pipe, spec, f"the transformer takes pooled text of width "
                               f"{tr.pooled_projection_dim}, its CLIP encoders give {pooled}")
         if tr.in_channels != pipe.vae.config.latent_channels:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the transformer takes {tr.in_channels} latent "
+            raise refused(pipe, spec, f"the transformer takes {tr.in_channels} latent "
                               f"channels, its VAE gives {pipe.vae.config.latent_channels}")
 
     def settings(self, pipe) -> dict[str, Any]:
@@ -377,10 +382,10 @@ class Flux(Transformer):
     def check(self, pipe, spec: str) -> None:
         tr = pipe.transformer.config
         if tr.in_channels != 4 * pipe.vae.config.latent_channels:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the transformer takes {tr.in_channels} channels, not "
+            raise refused(pipe, spec, f"the transformer takes {tr.in_channels} channels, not "
                               f"its VAE's {pipe.vae.config.latent_channels} latent channels in 2x2 patches")
         if tr.pooled_projection_dim != pipe.text_encoder.config.hidden_size:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the transformer takes pooled text of width "
+            raise refused(pipe, spec, f"the transformer takes pooled text of width "
                               f"{tr.pooled_projection_dim}, its CLIP encoder gives {pipe.text_encoder.config.hidden_size}")
 
     def settings(self, pipe) -> dict[str, Any]:
@@ -470,7 +475,7 @@ class PixArtSigma(Transformer):
     def check(self, pipe, spec: str) -> None:
         tr = pipe.transformer.config
         if tr.caption_channels != pipe.text_encoder.config.d_model:
-            raise StudioError(f"model {spec!r} ({type(pipe).__name__}): the transformer takes text of width "
+            raise refused(pipe, spec, f"the transformer takes text of width "
                               f"{tr.caption_channels}, its T5 encoder gives {pipe.text_encoder.config.d_model}")
 
     def settings(self, pipe) -> dict[str, Any]:

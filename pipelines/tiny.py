@@ -108,6 +108,12 @@ def _tiny_vae(seed: int, **changes):
     })
 
 
+def _quiet(pipe):
+    """A built pipeline with its own progress bar off (the studio shows its own)."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_sd():
     """A real StableDiffusionPipeline with tiny seeded random weights: 64x64 pictures, 8x VAE, 16 tokens."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -141,8 +147,7 @@ def build_tiny_sd():
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def build_tiny_gan(device: str | None = None, dtype: str | None = None):
@@ -208,8 +213,7 @@ def build_tiny_sdxl():
         unet=unet,
         scheduler=scheduler,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def build_tiny_lcm():
@@ -231,8 +235,7 @@ def build_tiny_lcm():
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str = "epsilon"):
@@ -286,8 +289,7 @@ def build_tiny_checkpoint_pipeline(layout: str = "SD 1.x", prediction_type: str 
         torch.manual_seed(13)
         encoders.append((encoder(True, projection=True), tokenizer(77, True)))
     pipe = assemble(spec, unet, vae, encoders, prediction_type)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 TINY_T5_MAX_LENGTH = 24  # the T5 slots' tokenizer length; the pipelines pad to their own max_sequence_length
@@ -372,8 +374,7 @@ def build_tiny_sd3(t5: bool = True):
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def build_tiny_flux(guidance_embeds: bool = True):
@@ -420,8 +421,7 @@ def build_tiny_flux(guidance_embeds: bool = True):
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)
 
 
 def build_tiny_pixart():
@@ -467,5 +467,4 @@ def build_tiny_pixart():
         transformer=transformer,
         scheduler=scheduler,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _quiet(pipe)

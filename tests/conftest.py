@@ -44,6 +44,14 @@ def session(home):
     s.library.close()
 
 
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """One library for a whole test module (the model tests share their loaded adapters through it)."""
+    s = Session(tmp_path_factory.mktemp("home"))
+    yield s
+    s.library.close()
+
+
 def gaussian_denoiser(alphas: torch.Tensor, seen: list | None = None):
     """A UNet forward that is the optimal denoiser for Gaussian latents ~ N(0, 0.25): E[noise | x].
 

@@ -20,19 +20,11 @@ from pipelines.registry import load_adapter
 from pipelines.tiny import TINY_T5_MAX_LENGTH, build_tiny_flux, build_tiny_pixart, build_tiny_sd3
 from studio.errors import SpaceMismatch, StudioError
 from studio.scoring import psnr
-from studio.session import Session
 
 FAMILIES = ["tiny-sd3", "tiny-flux", "tiny-flux-schnell", "tiny-pixart"]
 BUILDERS = {"tiny-sd3": build_tiny_sd3, "tiny-flux": build_tiny_flux,
             "tiny-flux-schnell": lambda: build_tiny_flux(guidance_embeds=False), "tiny-pixart": build_tiny_pixart}
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    s = Session(tmp_path_factory.mktemp("home"))
-    yield s
-    s.library.close()
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -209,20 +209,24 @@ def test_click_through_every_tab(page, shots):
     expect(page.locator("#lib-confirm")).to_be_hidden()
 
 
-@pytest.fixture(scope="module")
-def sdxl_page(browser, tmp_path_factory):
-    """A second studio, started on a tiny SDXL folder as `studio ui --model FOLDER` would be."""
-    from pipelines.tiny import build_tiny_sdxl
-
-    folder = tmp_path_factory.mktemp("models") / "tiny-sdxl"
-    build_tiny_sdxl().save_pretrained(folder)
-    session = Session(tmp_path_factory.mktemp("sdxl-home"))
+def folder_studio(browser, tmp_path_factory, name: str, pipe):
+    """Another studio, started on a tiny pipeline saved as a folder, as `studio ui --model FOLDER` would be."""
+    folder = tmp_path_factory.mktemp("models") / name
+    pipe.save_pretrained(folder)
+    session = Session(tmp_path_factory.mktemp(f"{name}-home"))
     running = server.launch(session, str(folder), port=free_port(), block=False, echo=lambda line: None)
     page = open_studio(browser, running.local_url)
     yield page, session
     page.close()
     running.close()
     session.library.close()
+
+
+@pytest.fixture(scope="module")
+def sdxl_page(browser, tmp_path_factory):
+    from pipelines.tiny import build_tiny_sdxl
+
+    yield from folder_studio(browser, tmp_path_factory, "tiny-sdxl", build_tiny_sdxl())
 
 
 def test_an_sdxl_folder_generates_interpolates_and_applies_a_vector(sdxl_page, shots):
@@ -249,18 +253,10 @@ def test_an_sdxl_folder_generates_interpolates_and_applies_a_vector(sdxl_page, s
 
 @pytest.fixture(scope="module")
 def flux_page(browser, tmp_path_factory):
-    """A third studio, started on a tiny Flux.1 dev folder (distilled guidance, packed 16-channel latents)."""
+    """Flux.1 dev: distilled guidance, 16-channel latents packed for its transformer."""
     from pipelines.tiny import build_tiny_flux
 
-    folder = tmp_path_factory.mktemp("models") / "tiny-flux"
-    build_tiny_flux().save_pretrained(folder)
-    session = Session(tmp_path_factory.mktemp("flux-home"))
-    running = server.launch(session, str(folder), port=free_port(), block=False, echo=lambda line: None)
-    page = open_studio(browser, running.local_url)
-    yield page, session
-    page.close()
-    running.close()
-    session.library.close()
+    yield from folder_studio(browser, tmp_path_factory, "tiny-flux", build_tiny_flux())
 
 
 def test_a_flux_folder_generates_interpolates_and_applies_a_vector(flux_page, shots):

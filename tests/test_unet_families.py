@@ -42,13 +42,6 @@ BUILDERS = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl, "tiny-lcm": 
             "emoji-diffusion": emoji_diffusion}
 
 
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    s = Session(tmp_path_factory.mktemp("home"))
-    yield s
-    s.library.close()
-
-
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
