@@ -1,6 +1,7 @@
-"""scripts/families.py on tiny-sd and tiny-gan: every column present, every applicable cell ok.
+"""scripts/families.py on tiny-sd and tiny-gan, and on the transformer families: every column present,
+every applicable cell ok.
 
-The whole table (all seven families) takes about a minute; two rows keep this test short.
+The whole table takes about a minute on a busy machine; the rows here keep this test short.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def test_every_operation_on_tiny_sd_and_tiny_gan(capsys, tmp_path):
     progress = [line for line in out.err.splitlines() if line.startswith(("tiny-sd:", "tiny-gan:"))]
     assert len(progress) == 2 and "|" not in out.err  # progress on stderr, the table on stdout only
     assert (tmp_path / "lib").is_dir()  # --home keeps what the run made
+
+
+def test_every_operation_on_every_transformer_family(capsys):
+    names = ["tiny-sd3", "tiny-flux", "tiny-flux-schnell", "tiny-pixart"]
+    code = families.main(["--families", ",".join(names), "--markdown"])
+    _, rows = markdown_rows(capsys.readouterr().out)
+    assert list(rows) == names
+    assert {(f, op): cell for f, row in rows.items() for op, cell in row.items()
+            if op in families.OPERATIONS and not cell.startswith("ok")} == {}
+    assert code == 0
 
 
 def test_unknown_families_are_refused(capsys):
