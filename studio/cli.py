@@ -274,6 +274,9 @@ def render(ctx, targets, out, batch, as_json):
             click.echo(str(p))
 
 
+LS_PAGE = 50  # objects `latents ls` shows at a time
+
+
 @main.group()
 def latents():
     """List, inspect, tag, remove, export and import stored objects."""
@@ -285,20 +288,39 @@ def latents():
 @click.option("--model", default=None, help="Only objects of this model spec.")
 @click.option("--space", default=None, help="Only objects whose space contains this text (e.g. gan-w).")
 @click.option("--search", "text", default=None, help="Text to find in names, prompts, expressions or ids.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many (newest first).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help=f"Show at most this many (newest first; default {LS_PAGE}, a page).")
+@click.option("--after", default=None, metavar="CURSOR", help="Go on after the page that printed this cursor.")
+@click.option("--all", "everything", is_flag=True, help="Show every object, not a page.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line, for scripts.")
 @click.pass_context
-def latents_ls(ctx, kind, tag, model, space, text, limit, as_json):
-    """List stored objects, newest first."""
-    rows = _session(ctx).library.ls(kind, tag, model, space, text, limit)
-    if as_json:
-        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
-        return
-    for r in rows:
+def latents_ls(ctx, kind, tag, model, space, text, limit, after, everything, as_json):
+    """List stored objects, newest first, a page at a time.
+
+    \b
+    Examples:
+      studio latents ls --tag day
+      studio latents ls --after 1764633600.25:3f2a...    # the next page, as the last one said
+      studio latents ls --all --json > library.jsonl
+    """
+    if everything and limit:
+        raise StudioError("give --all or --limit, not both")
+    library = _session(ctx).library
+    page = None if everything else (limit or LS_PAGE)
+    shown, last = 0, None
+    for r in library.ls(kind, tag, model, space, text, page, after=after):
+        shown, last = shown + 1, r
+        if as_json:
+            click.echo(json.dumps(r.to_json()))
+            continue
         what = _one_line(r.summary.get("prompt") or r.summary.get("expr") or r.summary.get("method") or "")
         names = ",".join(r.names) or "-"
         tags = (" #" + " #".join(r.tags)) if r.tags else ""
         click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
+    if page and shown == page and last is not None and library.ls(kind, tag, model, space, text, 1, after=last.cursor):
+        total = library.count(kind, tag, model, space, text)
+        click.echo(f"{shown} of {total} shown; the next page: studio latents ls --after {last.cursor} "
+                   "(same filters), or --all", err=True)
 
 
 @latents.command(name="show")

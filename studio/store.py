@@ -41,10 +41,31 @@ CREATE TABLE IF NOT EXISTS objects (
     op TEXT, created REAL NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, id TEXT NOT NULL REFERENCES objects(id));
 CREATE INDEX IF NOT EXISTS names_by_id ON names(id);
-CREATE TABLE IF NOT EXISTS tags (id TEXT NOT NULL REFERENCES objects(id), tag TEXT NOT NULL, PRIMARY KEY (id, tag));
+CREATE TABLE IF NOT EXISTS tags (id TEXT NOT NULL REFERENCES objects(id), tag TEXT NOT NULL, created REAL,
+    PRIMARY KEY (id, tag));
 CREATE TABLE IF NOT EXISTS parents (child TEXT NOT NULL, parent TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (child, position));
 CREATE INDEX IF NOT EXISTS parents_by_parent ON parents(parent);
+CREATE INDEX IF NOT EXISTS objects_by_created ON objects(created DESC, id);
+CREATE INDEX IF NOT EXISTS objects_by_kind ON objects(kind, created DESC, id);
+CREATE INDEX IF NOT EXISTS objects_by_model ON objects(model, created DESC, id);
+"""
+# Listing reads newest first: a page walks an index and stops, whatever the library's size. A tag's
+# rows carry their object's creation time (set by a trigger), so a page of one tag walks that tag alone;
+# counts per kind are kept by triggers, so counting never reads every row. (Applied after the schema:
+# a library made before them first gains the column they need.)
+UPKEEP = """
+CREATE INDEX IF NOT EXISTS tags_by_tag ON tags(tag, created DESC, id);
+CREATE TRIGGER IF NOT EXISTS tags_created AFTER INSERT ON tags WHEN NEW.created IS NULL BEGIN
+    UPDATE tags SET created = (SELECT created FROM objects WHERE id = NEW.id) WHERE id = NEW.id AND tag = NEW.tag;
+END;
+CREATE TABLE IF NOT EXISTS counts (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS objects_counted AFTER INSERT ON objects BEGIN
+    INSERT INTO counts VALUES (NEW.kind, 1) ON CONFLICT(kind) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS objects_uncounted AFTER DELETE ON objects BEGIN
+    UPDATE counts SET n = n - 1 WHERE kind = OLD.kind;
+END;
 """
 
 
@@ -104,6 +125,18 @@ def set_aside_damaged_index(home: Path) -> tuple[str, Path] | None:
     return damage, aside
 
 
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """A ``Record.cursor`` (``created:id``) as its two parts, or one error saying what a cursor looks like."""
+    try:
+        created, object_id = str(cursor).split(":", 1)
+        if ID_RULE.fullmatch(object_id):
+            return float(created), object_id
+    except ValueError:
+        pass
+    raise StudioError(f"invalid cursor {str(cursor)[:80]!r}: a listing's cursor is CREATED:ID, as the last "
+                      "page printed it")
+
+
 def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not TAG_RULE.fullmatch(tag):
         raise StudioError(f"invalid tag {tag!r}: use up to 64 letters, digits, '_', '.', ':' or '-'")
@@ -131,6 +164,11 @@ class Record:
     @property
     def label(self) -> str:
         return self.names[0] if self.names else self.short_id
+
+    @property
+    def cursor(self) -> str:
+        """Where a listing that ended on this row goes on from (``ls(after=...)``): ``created:id``."""
+        return f"{self.created!r}:{self.id}"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "model": self.model, "spaces": self.spaces, "op": self.op,
@@ -212,6 +250,14 @@ class Library:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            if "created" not in {row[1] for row in self.db.execute("PRAGMA table_info(tags)")}:
+                with self._tx() as db:  # a library made before tags carried their object's time
+                    db.execute("ALTER TABLE tags ADD COLUMN created REAL")
+                    db.execute("UPDATE tags SET created = (SELECT created FROM objects WHERE id = tags.id)")
+            self.db.executescript(UPKEEP)
+            if self.db.execute("SELECT 1 FROM counts LIMIT 1").fetchone() is None:
+                with self._tx() as db:  # counts start from the index itself, in a library made before them
+                    db.execute("INSERT INTO counts SELECT kind, count(*) FROM objects GROUP BY kind")
         except (OSError, sqlite3.Error) as exc:
             raise StudioError(f"cannot open the library at {self.home}: {exc}") from None
 
@@ -370,10 +416,49 @@ class Library:
 
     def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
            space: str | None = None, text: str | None = None, limit: int | None = None,
-           ids: list[str] | None = None) -> list[Record]:
-        """Index rows, newest first, filtered without opening a single object file."""
+           ids: list[str] | None = None, after: str | None = None) -> list[Record]:
+        """Index rows, newest first, filtered without opening a single object file.
+
+        ``limit`` rows at most; ``after`` (a ``Record.cursor``) goes on from where a page ended, so
+        a page costs the same deep in a million objects as at the top.
+        """
         if limit is not None:
             check_int(limit, "limit", 1)
+        # a tag's own rows, newest first, drive a tag's listing; otherwise the objects' (see UPKEEP)
+        where, args = self._filters(kind, None, model, space, text, ids)
+        source, order = ("tags k JOIN objects o ON o.id = k.id", "k") if tag else ("objects o", "o")
+        if tag:
+            where.insert(0, "k.tag = ?")
+            args.insert(0, tag)
+        if after is not None:
+            created, last = parse_cursor(after)
+            where.append(f"{order}.created <= ? AND ({order}.created < ? OR {order}.id > ?)")
+            args += [created, created, last]
+        sql = ("SELECT o.id, o.kind, o.model, o.spaces, o.op, o.created, o.summary, "
+               "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
+               "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "
+               f"FROM {source}" + (" WHERE " + " AND ".join(where) if where else "") +
+               f" ORDER BY {order}.created DESC, {order}.id" + (f" LIMIT {limit}" if limit else ""))
+        return [Record(r[0], r[1], r[2], _json(r[3]), r[4], r[5],
+                       tuple(sorted(r[7].split("\x1f"))) if r[7] else (),
+                       tuple(sorted(r[8].split("\x1f"))) if r[8] else (), _json(r[6]))
+                for r in self.db.execute(sql, args)]
+
+    def count(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
+              space: str | None = None, text: str | None = None) -> int:
+        """How many objects ``ls`` with these filters would list, counted in the index."""
+        where, args = self._filters(kind, tag, model, space, text, None)
+        if not (tag or model or space or text):  # the kept counts (see UPKEEP)
+            sql = "SELECT coalesce(sum(n), 0) FROM counts" + (" WHERE kind = ?" if kind else "")
+            return self.db.execute(sql, [kind] if kind else []).fetchone()[0]
+        if tag and not (kind or model or space or text):  # the tag's own index holds the answer
+            return self.db.execute("SELECT count(*) FROM tags WHERE tag = ?", (tag,)).fetchone()[0]
+        sql = "SELECT count(*) FROM objects o" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.db.execute(sql, args).fetchone()[0]
+
+    @staticmethod
+    def _filters(kind, tag, model, space, text, ids) -> tuple[list[str], list[Any]]:
+        """SQL conditions (on ``objects o``) and their arguments for the listing filters."""
         where, args = [], []
         if ids is not None:
             where.append(f"o.id IN ({','.join('?' * len(ids))})")
@@ -395,15 +480,7 @@ class Library:
                          "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ? ESCAPE '\\'))")
             t = _like(text)
             args += [f"%{t}%", f"{t}%", f"%{t}%"]
-        sql = ("SELECT o.id, o.kind, o.model, o.spaces, o.op, o.created, o.summary, "
-               "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
-               "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "
-               "FROM objects o" + (" WHERE " + " AND ".join(where) if where else "") +
-               " ORDER BY o.created DESC, o.id" + (f" LIMIT {limit}" if limit else ""))
-        return [Record(r[0], r[1], r[2], _json(r[3]), r[4], r[5],
-                       tuple(sorted(r[7].split("\x1f"))) if r[7] else (),
-                       tuple(sorted(r[8].split("\x1f"))) if r[8] else (), _json(r[6]))
-                for r in self.db.execute(sql, args)]
+        return where, args
 
     def record(self, ref: str) -> Record:
         rows = self.ls(ids=[self.resolve(ref)])
@@ -439,7 +516,7 @@ class Library:
         return [r[0] for r in self.db.execute("SELECT name FROM names WHERE id = ? ORDER BY name", (object_id,))]
 
     def __len__(self) -> int:
-        return self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        return self.count()
 
     # ---- upkeep ----
 
@@ -460,6 +537,11 @@ class Library:
             problems.append(f"name {name!r} refers to {str(object_id)[:12]}, which is not in the index "
                             "('studio latents check --repair' keeps it if that object's file is on disk, "
                             "else drops it)")
+        kept = dict(self.db.execute("SELECT kind, n FROM counts WHERE n != 0").fetchall())
+        actual = dict(self.db.execute("SELECT kind, count(*) FROM objects GROUP BY kind").fetchall())
+        if kept != actual:
+            problems.append(f"the kept counts {kept} differ from the index's {actual} "
+                            "('studio latents check --repair' recounts)")
         files = [p for p in self.objects_dir.glob("*") if not p.is_dir()] + list(self.objects_dir.glob("*/*"))
         for path in sorted(files):
             if path.name.startswith(".") and path.name.endswith(".tmp"):
@@ -493,6 +575,8 @@ class Library:
         with self._tx() as db:  # names and tags of objects that are gone
             db.execute("DELETE FROM names WHERE id NOT IN (SELECT id FROM objects)")
             db.execute("DELETE FROM tags WHERE id NOT IN (SELECT id FROM objects)")
+            db.execute("DELETE FROM counts")
+            db.execute("INSERT INTO counts SELECT kind, count(*) FROM objects GROUP BY kind")
         stale = time.time() - STALE_TMP_SECONDS  # a newer one may be another process's write in progress
         for tmp in self.objects_dir.glob("*/.*.tmp"):
             with contextlib.suppress(OSError):

@@ -25,7 +25,7 @@ def studio(home, *args, code=0):
 
 def library_state(home: Path):
     files = sorted(str(p.relative_to(home)) for p in (home / "objects").rglob("*") if p.is_file())
-    rows = json.loads(studio(home, "latents", "ls", "--json").stdout)
+    rows = [json.loads(line) for line in studio(home, "latents", "ls", "--all", "--json").stdout.splitlines()]
     return files, rows
 
 
@@ -308,3 +308,28 @@ def test_discover_takes_a_seed(tmp_path):
     assert ids[0] == ids[1] != ids[2]  # the same seed finds the same direction; another seed another one
     result = studio(home, "vectors", "discover", "--model", "tiny-gan", "-k", "2", "--seed", "-1", code=2)
     assert result.stderr.strip().splitlines() == ["error: seed must be between 0 and 2^63-1, got -1"]
+
+
+def test_latents_ls_pages_and_says_how_to_go_on(tmp_path):
+    from conftest import noise_latent
+    from studio.store import Library
+
+    home = tmp_path / "home"
+    lib = Library(home)
+    ids = [lib.put(noise_latent(i), tags=["t"]) for i in range(7)]
+    lib.close()
+    first = studio(home, "latents", "ls", "--limit", "3")
+    assert len(first.stdout.splitlines()) == 3
+    footer = first.stderr.strip()
+    assert footer.startswith("3 of 7 shown; the next page: studio latents ls --after ") and "\n" not in footer
+    cursor = footer.split("--after ")[1].split()[0]
+    rest = studio(home, "latents", "ls", "--after", cursor, "--json")
+    rows = [json.loads(line) for line in rest.stdout.splitlines()]
+    assert len(rows) == 4 and rest.stderr == ""  # the last page says nothing more
+    shown = [line.split()[0] for line in first.stdout.splitlines()] + [r["id"][:12] for r in rows]
+    assert sorted(shown) == sorted(i[:12] for i in ids)
+    assert len(studio(home, "latents", "ls", "--all", "--tag", "t").stdout.splitlines()) == 7
+    err = studio(home, "latents", "ls", "--all", "--limit", "2", code=2).stderr
+    assert err.strip() == "error: give --all or --limit, not both"
+    err = studio(home, "latents", "ls", "--after", "bad\ncursor", code=2).stderr.strip()
+    assert err.startswith("error: invalid cursor 'bad\\ncursor'") and "\n" not in err

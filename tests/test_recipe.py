@@ -20,7 +20,7 @@ def studio(home, *args, code=0):
 
 def library_state(home):
     files = sorted(str(p.relative_to(home)) for p in (home / "objects").rglob("*") if p.is_file())
-    rows = json.loads(studio(home, "latents", "ls", "--json").stdout)
+    rows = [json.loads(line) for line in studio(home, "latents", "ls", "--all", "--json").stdout.splitlines()]
     return files, rows
 
 

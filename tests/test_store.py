@@ -419,3 +419,69 @@ def test_names_that_read_as_ids_are_refused_and_files_get_ordinary_permissions(s
     os.umask(umask)
     path = session.export(g.id, tmp_path / "g.safetensors")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---- listing at scale: pages by cursor, tags by their own index, counts kept by triggers ----
+
+def _many(lib: Library, count: int, tag_every: int = 3) -> list[str]:
+    ids = []
+    for i in range(count):
+        tags = ["third"] if i % tag_every == 0 else []
+        ids.append(lib.put(noise_latent(1000 + i), name=f"m{i}" if i % 2 else None, tags=tags))
+    return ids
+
+
+def test_pages_by_cursor_list_every_object_once_in_order(session):
+    lib = session.library
+    _many(lib, 23)
+    with lib._tx() as db:  # ties in creation time are ordered by id, and a page boundary can fall inside them
+        db.execute("UPDATE objects SET created = 5.0 WHERE rowid % 4 = 0")
+        db.execute("UPDATE tags SET created = (SELECT created FROM objects WHERE id = tags.id)")
+    for filters in ({}, {"tag": "third"}, {"kind": "latent"}, {"text": "m1"}):
+        whole = [r.id for r in lib.ls(**filters)]
+        pages, after = [], None
+        while True:
+            page = lib.ls(limit=4, after=after, **filters)
+            if not page:
+                break
+            pages += [r.id for r in page]
+            after = page[-1].cursor
+        assert pages == whole and len(set(pages)) == len(pages), filters
+        assert lib.count(**filters) == len(whole), filters
+    assert len(lib) == 23 == lib.count(kind="latent") and lib.count(kind="vector") == 0
+    assert lib.count(tag="third") == 8
+
+
+def test_counts_follow_removals_and_repair_recounts(session):
+    lib = session.library
+    ids = _many(lib, 5)
+    lib.remove(ids[0])
+    assert len(lib) == 4 and lib.check() == []
+    with lib._tx() as db:
+        db.execute("UPDATE counts SET n = 99")
+    assert any("kept counts" in p for p in lib.check())
+    lib.reindex()
+    assert lib.check() == [] and len(lib) == 4
+
+
+def test_a_library_made_before_kept_counts_and_tag_times_is_upgraded_when_opened(tmp_path):
+    import sqlite3
+
+    lib = Library(tmp_path / "home")
+    _many(lib, 6)
+    expected = [r.id for r in lib.ls(tag="third")]
+    lib.close()
+    db = sqlite3.connect(tmp_path / "home" / "index.sqlite")  # take the index back to its earlier shape
+    db.executescript("DROP TRIGGER tags_created; DROP TRIGGER objects_counted; DROP TRIGGER objects_uncounted;"
+                     "DROP TABLE counts; DROP INDEX tags_by_tag; ALTER TABLE tags DROP COLUMN created;")
+    db.close()
+    again = Library(tmp_path / "home")
+    assert [r.id for r in again.ls(tag="third", limit=1)] == expected[:1] and len(again) == 6
+    assert [r.id for r in again.ls(tag="third")] == expected and again.check() == []
+    again.close()
+
+
+@pytest.mark.parametrize("cursor", ["", "nope", "1.0:abc", "x:" + "a" * 64, "1.0:" + "g" * 64])
+def test_a_malformed_cursor_is_one_error(session, cursor):
+    with pytest.raises(StudioError, match=r"^invalid cursor .*: a listing's cursor is CREATED:ID"):
+        session.library.ls(after=cursor)
