@@ -6,11 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torch
 from PIL import Image
 
 from studio.checks import check_text
 from studio.errors import StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Latent
 from studio.space import Space
 
@@ -18,7 +18,7 @@ Progress = Callable[[int, int], None]  # (done, total) steps
 C = TypeVar("C")
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # names -> torch dtype names
 
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -36,7 +36,7 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[to
         raise StudioError(f"device {device!r} is not available on this machine; use cpu")
     if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise StudioError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    dt = DTYPES[dtype] if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
+    dt = getattr(torch, DTYPES[dtype]) if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
     return dev, dt
 
 

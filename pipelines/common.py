@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 from studio.checks import check_seed, check_text
 from studio.errors import StudioError
+from studio.lazy import np, torch
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def weight_sample(module: nn.Module, n_values: int = 512) -> bytes:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-import torch
-
 from pipelines.common import check_pair, public_config
 from studio.errors import StudioError
+from studio.lazy import np, torch
 from studio.space import Part
 
 SCHEDULERS = (

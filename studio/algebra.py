@@ -11,10 +11,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from studio import ops
 from studio.errors import SpaceMismatch, StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Latent, Vector, check_finite
 from studio.space import Space, check_same
 

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import numpy as np
 
 from studio.errors import StudioError
 from studio.objects import Generation, Vector
@@ -717,6 +716,8 @@ def invert(ctx, image, model, prompt, steps, category, style, name, out):
     if out:
         with progress_bar("render", True) as cb:
             paths = session.render_to([stored], out, cb)
+        import numpy as np
+
         from studio.scoring import psnr
         from studio.session import open_image
 

@@ -12,12 +12,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, PngImagePlugin
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from studio.errors import StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector, check_finite
 from studio.space import Space
 
@@ -51,7 +49,9 @@ def to_bytes(obj: StoredObject, created: float | None = None) -> bytes:
         if isinstance(obj, Vector):
             header["method"] = obj.method
     metadata = {FORMAT: json.dumps(header, sort_keys=True)}
-    return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
 def read_header(data: bytes, what: str = "file") -> dict[str, str]:
@@ -73,13 +73,15 @@ def read_header(data: bytes, what: str = "file") -> dict[str, str]:
 
 def load_tensors(data: bytes, what: str = "file") -> dict[str, torch.Tensor]:
     try:
-        return st_load(data)
+        from safetensors.torch import load
+
+        return load(data)
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         raise StudioError(f"{what} is damaged or truncated: {exc}") from None
 
 
-def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str, Any]]:
-    """Read an object written by ``to_bytes``; returns (object, header). Every check fails cleanly."""
+def studio_header(data: bytes, what: str = "file") -> dict[str, Any]:
+    """The Latent Studio header of a file written by ``to_bytes`` (its first bytes are enough), checked."""
     meta = read_header(data, what)
     if FORMAT not in meta:
         raise StudioError(f"{what} is a safetensors file but not one written by Latent Studio")
@@ -92,6 +94,12 @@ def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str,
         raise StudioError(f"{what} has an unreadable Latent Studio header")
     if header["version"] > VERSION:
         raise StudioError(f"{what} was written by a newer Latent Studio (format {header['version']})")
+    return header
+
+
+def from_bytes(data: bytes, what: str = "file") -> tuple[StoredObject, dict[str, Any]]:
+    """Read an object written by ``to_bytes``; returns (object, header). Every check fails cleanly."""
+    header = studio_header(data, what)
     tensors = load_tensors(data, what)
     try:
         obj = _build(header, tensors)
@@ -141,6 +149,18 @@ def _build(header: dict, tensors: dict[str, torch.Tensor]) -> StoredObject:
     raise StudioError(f"unknown object kind {kind!r}")
 
 
+def read_file_header(path: Path) -> dict[str, Any]:
+    """A stored object's header, read without its tensors (only the file's first bytes)."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(8)
+            size = struct.unpack("<Q", start)[0] if len(start) == 8 else 0
+            data = start + f.read(min(size, MAX_HEADER))
+    except OSError as exc:
+        raise StudioError(f"cannot read {path}: {exc.strerror}") from None
+    return studio_header(data, str(path))
+
+
 def read_file(path: Path) -> tuple[StoredObject, dict[str, Any]]:
     try:
         data = Path(path).read_bytes()
@@ -158,7 +178,9 @@ def to_comfy(latent: Latent) -> bytes:
         raise StudioError(f"only VAE-space latents export to ComfyUI .latent files; this one is in {latent.space}")
     if latent.meta.get("scale", "unscaled") != "unscaled":
         raise StudioError("this VAE latent has scaling applied; ComfyUI .latent files hold unscaled latents")
-    return st_save({COMFY_KEY: latent.tensor.unsqueeze(0).contiguous(), COMFY_MARKER: torch.tensor([])})
+    from safetensors.torch import save
+
+    return save({COMFY_KEY: latent.tensor.unsqueeze(0).contiguous(), COMFY_MARKER: torch.tensor([])})
 
 
 def from_comfy(data: bytes, what: str = "file") -> list[torch.Tensor]:

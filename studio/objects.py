@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
 from studio.errors import StudioError
+from studio.lazy import torch
 from studio.space import Space
 
 

@@ -5,7 +5,7 @@ No space checks and no lineage here; ``studio.algebra`` wraps these once for eve
 
 from __future__ import annotations
 
-import torch
+from studio.lazy import torch
 
 # Below this angle between two tensors (radians) slerp and lerp agree to float32 precision,
 # and the sin(omega) denominator would amplify rounding error: fall back to lerp.

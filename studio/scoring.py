@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipelines.base import VaeCoder, require
 from studio import algebra
 from studio.errors import StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Vector
 from studio.store import make_folder
 from studio.vectorlab import check_strengths

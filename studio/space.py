@@ -7,9 +7,8 @@ import json
 import math
 from dataclasses import dataclass
 
-import torch
-
 from studio.errors import SpaceMismatch, StudioError
+from studio.lazy import torch
 
 # The kinds of space the studio knows, and whether a standard normal draw lives there
 # (which decides whether interpolating spherically is the natural choice).

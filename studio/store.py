@@ -412,7 +412,14 @@ class Library:
         return self._read(self.resolve(ref))[0]
 
     def header(self, ref: str) -> dict[str, Any]:
-        return self._read(self.resolve(ref))[1]
+        """An object's file header, read without its tensors: a file swapped for another object's is refused
+        by the id the header holds (``get`` and ``check`` also verify the content against it)."""
+        object_id = self.resolve(ref)
+        header = formats.read_file_header(self.path_of(object_id))
+        if header.get("id", object_id) != object_id:
+            raise StudioError(f"object {object_id[:12]} is damaged: its file holds different content "
+                              f"(run 'studio latents check')")
+        return header
 
     def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
            space: str | None = None, text: str | None = None, limit: int | None = None,

@@ -10,13 +10,13 @@ import os
 import string
 from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from pipelines.base import GanW, HSpace, SDEditable, TextConditioned, require
 from studio import vectors as vx
 from studio.checks import check_number, check_path, check_seed, check_text
 from studio.errors import SpaceMismatch, StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Latent, Lineage, Vector
 from studio.space import Space
 from studio.store import numbered_names

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
-
 from studio.errors import SpaceMismatch, StudioError
+from studio.lazy import torch
 from studio.objects import Generation, Latent, Vector
 from studio.space import Space, check_same
 

@@ -39,3 +39,24 @@ def test_importing_the_core_loads_neither_at_runtime():
         "print(sorted(m for m in ('gradio', 'diffusers', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_commands_that_need_no_tensor_answer_without_importing_torch(tmp_path):
+    """`studio --version`, `models`, `latents ls` and `latents show` read no tensor: torch's import (most of a
+    second) is left to the commands that compute."""
+    from conftest import noise_latent
+    from studio.store import Library
+
+    lib = Library(tmp_path / "home")
+    lib.put(noise_latent(1), name="n1")
+    lib.close()
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom studio.cli import main\n"
+        f"home = {str(tmp_path / 'home')!r}\n"
+        "for args in (['--version'], ['models'], ['latents', 'ls'], ['latents', 'show', 'n1'], ['latents', 'ls', '--json']):\n"
+        "    result = CliRunner().invoke(main, ['--home', home, *args])\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'diffusers', 'gradio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
