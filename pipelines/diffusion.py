@@ -34,6 +34,7 @@ from pipelines.base import (
     TextConditioned,
     VaeCoder,
     cpu_generator,
+    fitting_batch,
     pick_device,
 )
 from pipelines.common import (
@@ -113,7 +114,7 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         self.denoiser = getattr(pipe, self.kind.denoiser)  # the UNet or the transformer
         self.scale = pipe.vae_scale_factor  # pixels per latent cell
         self.patch = self.kind.patch(pipe)  # latent cells per denoiser token along each side
-        self.max_batch = 8 if self.device.type == "cpu" else 32
+        self.batch_override: int | None = None  # items per denoiser call, when set (else sized to free memory)
         # The model's own scheduler is the default for good: rendering with another never replaces it.
         self.default_scheduler = type(pipe.scheduler).__name__
         self.schedulers = list(self.kind.schedulers)
@@ -378,6 +379,12 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
             if g.roles[role].space != space:
                 raise SpaceMismatch(f"model {self.spec} cannot render {g.roles[role].space}: it expects {space}")
 
+    def batch_size(self, settings: dict) -> int:
+        """Items per denoiser call at these settings: ``batch_override``, or what half the free memory holds
+        (an item's activations counted per latent cell for a UNet, per token for a transformer)."""
+        tokens = (settings["height"] // self.scale) * (settings["width"] // self.scale) // self.patch**2
+        return fitting_batch(self.device, tokens, self.kind.widest(self.denoiser), self.dtype, self.batch_override)
+
     def _through_pipeline(self, s: dict) -> bool:
         """Whether the diffusers pipeline call itself renders with these settings (else the studio's loop)."""
         allowed = self.kind.pipeline_schedulers
@@ -390,9 +397,13 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
         settings = [self.resolve_settings(g.settings) for g in generations]
         for g, s in zip(generations, settings, strict=True):
             self._check_roles(g, s)
-        # 2. Group by identical settings, at most max_batch per call.
+        # 2. Group by identical settings, as many per call as the device's free memory holds at that size.
         keys = [{**s, "_roles": sorted(g.roles)} for g, s in zip(generations, settings)]
-        groups = [({k: v for k, v in key.items() if k != "_roles"}, idx) for key, idx in batches(keys, self.max_batch)]
+        groups = []
+        for key, idx in batches(keys, len(keys)):
+            s = {k: v for k, v in key.items() if k != "_roles"}
+            size = self.batch_size(s)
+            groups += [(s, idx[i : i + size]) for i in range(0, len(idx), size)]
         images: list[Image.Image | None] = [None] * len(generations)
         total, done = sum(s["steps"] for s, _ in groups), 0
         for s, idx in groups:

@@ -169,6 +169,10 @@ class Family:
     def hspace_channels(self, denoiser) -> int:
         return denoiser.config.block_out_channels[-1]
 
+    def widest(self, denoiser) -> int:
+        """The denoiser's widest activations in channels (what sizes a batch to the free memory)."""
+        return max(denoiser.config.block_out_channels)
+
     def hspace_stride(self, pipe) -> int:
         """Latent cells per h-space cell along each side: each UNet down block but the last halves the grid."""
         return 2 ** (len(pipe.unet.config.down_block_types) - 1)
@@ -294,6 +298,9 @@ class Transformer(Family):
 
     def hspace_channels(self, denoiser) -> int:
         return denoiser.config.num_attention_heads * denoiser.config.attention_head_dim
+
+    def widest(self, denoiser) -> int:
+        return self.hspace_channels(denoiser)  # the token width (a batch is sized per token, not per cell)
 
     def hspace_stride(self, pipe) -> int:
         return self.patch(pipe)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.base import GanW, PipelineAdapter, Progress, cpu_generator, pick_device
+from pipelines.base import GanW, PipelineAdapter, Progress, cpu_generator, fitting_batch, pick_device
 from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil, weight_sample
 from pipelines.stylegan import Generator, load_generator, read_extra
 from studio.errors import SpaceMismatch, StudioError
@@ -138,7 +138,7 @@ class GanAdapter(PipelineAdapter, GanW):
         fam = fingerprint("stylegan", config, weight_sample(self.generator))
         self.z_space = Space("gan-z", fam, (self.config.z_dim,))
         self.w_space = Space("gan-w", fam, (self.config.w_dim,))
-        self.max_batch = 16 if self.device.type == "cpu" else 64
+        self.batch_override: int | None = None  # items per synthesis call, when set (else sized to free memory)
 
     @classmethod
     def from_folder(cls, folder: str | Path, spec: str | None = None, **device) -> GanAdapter:
@@ -253,7 +253,10 @@ class GanAdapter(PipelineAdapter, GanW):
         done = 0
         # 2. Batches of identical settings and role.
         keys = [{**self.resolve_settings(g.settings), "role": r} for g, r in zip(generations, roles, strict=True)]
-        for key, idx in batches(keys, self.max_batch):
+        c = self.config  # the largest feature map: cells x channels, over the resolutions
+        size = fitting_batch(self.device, max(r * r * c.channels(r) for r in c.resolutions), 1, self.dtype,
+                             self.batch_override)
+        for key, idx in batches(keys, size):
             psi, role = float(key["truncation"]), key["role"]
             x = torch.stack([generations[i].roles[role].tensor for i in idx]).to(
                 self.device, self.dtype

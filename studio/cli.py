@@ -92,7 +92,8 @@ def _output_folder(folder: str | Path | None):
 
 def _session(ctx: click.Context) -> Session:
     if "session" not in ctx.obj:
-        ctx.obj["session"] = Session(ctx.obj.get("home"), device=ctx.obj.get("device"))
+        ctx.obj["session"] = Session(ctx.obj.get("home"), device=ctx.obj.get("device"),
+                                     batch_size=ctx.obj.get("batch_size"))
     return ctx.obj["session"]
 
 
@@ -111,9 +112,11 @@ def _print_stored(items: list[Stored], as_json: bool, paths: list[Path] | None =
 @click.option("--home", type=click.Path(), envvar="STUDIO_HOME", show_envvar=True,
               help="Library folder (default: a per-user data folder).")
 @click.option("--device", default=None, help="Torch device for models (default: cuda if present, else cpu).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
+              help="Items per model call when rendering (default: as many as half the free memory holds, at most 64).")
 @click.version_option(package_name="latent-studio")
 @click.pass_context
-def main(ctx: click.Context, home: str | None, device: str | None) -> None:
+def main(ctx: click.Context, home: str | None, device: str | None, batch_size: int | None) -> None:
     """Latent Studio: generate images, store their latents, and do arithmetic on them.
 
     \b
@@ -125,7 +128,7 @@ def main(ctx: click.Context, home: str | None, device: str | None) -> None:
       studio render prompts/recipes/interpolate.yaml --out out/
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(home=home, device=device)
+    ctx.obj.update(home=home, device=device, batch_size=batch_size)
 
 
 @main.command()

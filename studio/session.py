@@ -65,10 +65,14 @@ def recipe_of(gen: Generation, object_id: str | None = None) -> dict[str, Any]:
 class Session:
     """Library + loaded adapters, behind plain-value methods."""
 
-    def __init__(self, home: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None):
+    def __init__(self, home: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None,
+                 batch_size: int | None = None):
+        if batch_size is not None:
+            check_int(batch_size, "batch size", 1)
         self.library = Library(home if home is not None else default_home())
         self.device = device
         self.dtype = dtype
+        self.batch_size = batch_size  # items per model call; None: sized to the device's free memory
         self._adapters: dict[str, Any] = {}
 
     @property
@@ -86,7 +90,9 @@ class Session:
 
         spec = resolved_spec(spec or DEFAULT_MODEL)
         if spec not in self._adapters:
-            self._adapters[spec] = load_adapter(spec, device=self.device, dtype=self.dtype)
+            adapter = load_adapter(spec, device=self.device, dtype=self.dtype)
+            adapter.batch_override = self.batch_size
+            self._adapters[spec] = adapter
         return self._adapters[spec]
 
     @staticmethod
