@@ -153,6 +153,29 @@ def load_adapter(
     return _load_hub(spec, device, dtype, download)
 
 
+def local_kind(spec: str) -> str | None:
+    """'diffusion' or 'gan' for a spec that names something on this machine (a built-in model that is
+    installed, a model folder, a checkpoint file), read without loading it; None for anything else
+    (a hub id, a typo), which only loading can tell."""
+    if spec in TINY_DIFFUSION:
+        return "diffusion"
+    if spec == "tiny-gan":
+        return "gan"
+    if spec in ("emoji-diffusion", "emoji-gan"):
+        return folder_kind(EMBEDDED / spec)
+    if not isinstance(spec, str) or not spec.strip() or len(spec) > MAX_SPEC:
+        return None
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            return folder_kind(path)
+        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return "diffusion"
+    except OSError:
+        pass
+    return None
+
+
 def resolved_spec(spec: str) -> str:
     """A folder or file spec as the absolute path it names (built-in names and hub ids are left as they are)."""
     if not isinstance(spec, str) or spec in BUILTIN:  # a non-text spec is refused by load_adapter

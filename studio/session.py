@@ -95,6 +95,19 @@ class Session:
             self._adapters[spec] = adapter
         return self._adapters[spec]
 
+    def loaded(self, spec: str | None = None) -> bool:
+        """Whether this session has the model loaded already."""
+        from pipelines.registry import resolved_spec
+
+        return resolved_spec(spec or DEFAULT_MODEL) in self._adapters
+
+    @staticmethod
+    def local_kind(spec: str | None = None) -> str | None:
+        """'diffusion' or 'gan' for a model on this machine, told without loading it; None when only loading can tell."""
+        from pipelines.registry import local_kind
+
+        return local_kind(spec or DEFAULT_MODEL)
+
     @staticmethod
     def models() -> list[tuple[str, str]]:
         from pipelines.registry import list_models

@@ -26,6 +26,7 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/c
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 WAIT = 90_000  # ms; a render on a busy 2-core machine can take a while
+sync_api.expect.set_options(timeout=WAIT)  # the first generate also loads the model (it loads on first use)
 
 
 def free_port() -> int:

@@ -49,7 +49,10 @@ def recipe_template(model: str) -> str:
 
 def build(studio: Studio) -> gr.Blocks:
     """The whole UI for one Studio; per-user values live in gr.State."""
-    start = studio.model_info(studio.model, progress=None)
+    # a model not loaded yet shows its family now and its settings once the page's first open has loaded it
+    start = (studio.model_preview(studio.model) if studio.loading(studio.model)
+             else studio.model_info(studio.model, progress=None))
+    pending = bool(start.get("loading"))
     defaults, diffusion = start["defaults"], start["family"] == "diffusion"
     guidance_label = start["guidance_label"]  # None: the model takes no guidance setting
     private: dict[str, Any] = {"api_visibility": "private"}
@@ -79,12 +82,13 @@ def build(studio: Studio) -> gr.Blocks:
                         count = gr.Slider(1, MAX_UI_COUNT, value=4, step=1, label="Count", elem_id="count")
                         with gr.Row():
                             steps = gr.Slider(1, 100, value=defaults.get("steps", 20), step=1, label="Steps",
-                                              visible=diffusion, elem_id="steps")
+                                              visible=diffusion, interactive=not pending, elem_id="steps")
                             guidance = gr.Slider(0, 20, value=defaults.get("guidance", 7.5), step=0.5,
-                                                 label=guidance_label or "Guidance",
+                                                 label=guidance_label or "Guidance", interactive=not pending,
                                                  visible=guidance_label is not None, elem_id="guidance")
                         truncation = gr.Slider(-1, 2, value=defaults.get("truncation", 1.0), step=0.05,
-                                               label="Truncation ψ", visible=not diffusion, elem_id="truncation")
+                                               label="Truncation ψ", visible=not diffusion, interactive=not pending,
+                                               elem_id="truncation")
                         tags = gr.Textbox(label="Tags", placeholder="optional: day, portrait", elem_id="gen-tags")
                         go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     with gr.Column(scale=3):
@@ -359,13 +363,16 @@ def build(studio: Studio) -> gr.Blocks:
                 return (current, *(gr.update() for _ in range(4)), studio.title(current), current)
             d, is_diffusion, label = info["defaults"], info["family"] == "diffusion", info["guidance_label"]
             return (info["model"], gr.update(visible=is_diffusion),
-                    gr.update(visible=is_diffusion, value=d.get("steps")),
-                    gr.update(visible=label is not None,
+                    gr.update(visible=is_diffusion, value=d.get("steps"), interactive=True),
+                    gr.update(visible=label is not None, interactive=True,
                               **({"value": d["guidance"], "label": label} if label is not None else {})),
-                    gr.update(visible=not is_diffusion, value=d.get("truncation", 1.0)), studio.title(info["model"]),
-                    info["model"])
+                    gr.update(visible=not is_diffusion, value=d.get("truncation", 1.0), interactive=True),
+                    studio.title(info["model"]), info["model"])
 
         demo.load(refresh, model, pickers, **quiet)
+        if pending:  # the page's first open loads the model; its settings arrive when it is ready
+            demo.load(on_model, [current_model, current_model],
+                      [model, prompt, steps, guidance, truncation, title, current_model], **quiet)
         for tab in (tab_generate, tab_library, tab_interp, tab_attr, tab_recipe):
             tab.select(refresh, model, pickers, **quiet)
 
@@ -400,11 +407,14 @@ def build(studio: Studio) -> gr.Blocks:
         # Library
         lib_outputs = [lib_gallery, lib_table, lib_gen_ids, lib_other_ids]
         lib_inputs = [f_model, f_space, f_tag, f_text]
-        tab_library.select(studio.library_view, lib_inputs, lib_outputs, **private)
-        search.click(studio.library_view, lib_inputs, lib_outputs, api_name="library")
-        f_text.submit(studio.library_view, lib_inputs, lib_outputs, **private)
+        # library views run one at a time, in the order asked, so the last filter asked for is the one shown
+        # (a search right after opening the tab never lands before the tab's own, unfiltered, view)
+        in_order: dict[str, Any] = {"concurrency_id": "library-view", "concurrency_limit": 1}
+        tab_library.select(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+        search.click(studio.library_view, lib_inputs, lib_outputs, api_name="library", **in_order)
+        f_text.submit(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
         for f in (f_model, f_space, f_tag):
-            f.input(studio.library_view, lib_inputs, lib_outputs, **private)
+            f.input(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
         details_out = [meta, parents, parent_ids, preview]
 
         def pick_index(ids: list[str], evt: gr.SelectData) -> str:
@@ -427,18 +437,18 @@ def build(studio: Studio) -> gr.Blocks:
         cancel.click(lambda: gr.update(visible=False), None, confirm_row, **private)
         confirm.click(studio.delete, sel_id, sel_id, api_name="delete").then(
             lambda: (gr.update(visible=False), None, [], None), None, [confirm_row, meta, parents, preview],
-            **private).then(studio.library_view, lib_inputs, lib_outputs, **private).then(
+            **private).then(studio.library_view, lib_inputs, lib_outputs, **in_order, **private).then(
             studio.title, model, title, **quiet)
         # what an upload stored shows up in the library at once
         up_btn.click(studio.import_upload, [up_file, up_name, model], [up_info, up_recipe, preview],
                      api_name="import_file").then(studio.title, model, title, **quiet).then(
-            studio.library_view, lib_inputs, lib_outputs, **private)
+            studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
         enc_btn.click(studio.encode_upload, [enc_image, enc_model, enc_name], enc_info, api_name="encode_image"
                       ).then(studio.title, model, title, **quiet).then(
-            studio.library_view, lib_inputs, lib_outputs, **private)
+            studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
         inv_btn.click(studio.invert_upload, [inv_image, inv_model, inv_prompt, inv_steps, inv_name],
                       [inv_info, inv_picture, inv_line], api_name="invert_image").then(
-            studio.title, model, title, **quiet).then(studio.library_view, lib_inputs, lib_outputs, **private)
+            studio.title, model, title, **quiet).then(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
 
         # Interpolate
         interp.click(studio.interpolate, [keys, frames, method, easing, fps], [strip, gif, mp4, plan],

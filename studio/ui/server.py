@@ -67,16 +67,21 @@ def parse_auth(auth: str | None = None, auth_file: str | os.PathLike | None = No
     return entries or None
 
 
-def choose_model(session: Session, requested: str | None) -> tuple[str, str | None, str | None]:
-    """Load the model the UI opens with: the one asked for, or the default with a fallback.
+def choose_model(session: Session, requested: str | None, now: bool = True) -> tuple[str, str | None, str | None]:
+    """The model the UI opens with: the one asked for, or the default with a fallback.
 
+    With ``now`` it is loaded here; without, only a model this machine holds (a built-in one that is
+    installed, a folder, a file) is left for the caller to load in the background; a hub id still
+    loads here, so that a typo ends the command at once.
     Returns (model spec, a notice for the page, why the default could not load).
     """
     if requested:
-        session.adapter(requested)  # a StudioError here ends the command with its message
+        if now or session.local_kind(requested) is None:
+            session.adapter(requested)  # a StudioError here ends the command with its message
         return requested, None, None
     try:
-        session.adapter(DEFAULT_MODEL)
+        if now or session.local_kind(DEFAULT_MODEL) is None:
+            session.adapter(DEFAULT_MODEL)
         return DEFAULT_MODEL, None, None
     except StudioError as exc:
         session.adapter(FALLBACK_MODEL)
@@ -125,13 +130,18 @@ def check_options(host: str, port: int | None, max_file_size: str | int, queue_s
 def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
            share: bool = False, auth: list[tuple[str, str]] | None = None, max_file_size: str | int = MAX_UPLOAD,
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY, block: bool = True,
-           echo: Callable[[str], None] = print) -> Running:
-    """Build and start the studio; with ``block`` serve until interrupted, else return the running app."""
+           echo: Callable[[str], None] = print, load_now: bool = False) -> Running:
+    """Build and start the studio; with ``block`` serve until interrupted, else return the running app.
+
+    The page answers before the model has loaded: a model on this machine loads on first use, when
+    the page is first opened or a request needs it (``load_now`` loads it before serving), and the
+    controls that depend on it settle when it is ready.
+    """
     from studio.ui.app import CSS, THEME, build
     from studio.ui.handlers import Studio
 
     check_options(host, port, max_file_size, queue_size)
-    spec, notice, why = choose_model(session, model)
+    spec, notice, why = choose_model(session, model, now=load_now)
     studio = Studio(session, spec, notice)
     demo = build(studio)
     demo.delete_cache = CACHE_CLEANUP
