@@ -6,6 +6,9 @@
    (tiny-flux) and PixArt-Sigma (tiny-pixart) side by side.
    Then ``--big-n`` (32) generations of ``--big-model`` (emoji-diffusion) against one plain call of as
    many: the studio sizes its batches to the free memory, so this too is one call (target <= 1.03).
+   The UI: ``studio ui`` to its first HTTP 200 against a plain Gradio app (target <= 1.2x), and a
+   generate of 4 pictures through it (gradio_client) against the same work in a warm CLI process
+   (target <= 1.1x).
 2. Save and load of one latent in the library (target: milliseconds).
 3. ``latents ls`` over 10,000 stored objects (target: < 200 ms).
 
@@ -107,6 +110,128 @@ def bench_render(model: str, n: int, steps: int, repeat: int) -> None:
               f"{st / p:.4f}; target <= 1.03) {'OK' if ratio <= 1.03 else 'MISSED'}")
 
 
+PLAIN_APP = """
+import sys
+import gradio as gr
+with gr.Blocks() as demo:
+    gr.Textbox(label="prompt")
+    gr.Button("Go")
+demo.launch(server_port=int(sys.argv[1]), quiet=True, ssr_mode=False)
+"""  # the plain Gradio app the studio's start is measured against
+
+CLI_WORKER = """
+import sys, tempfile, time
+from studio.session import Session
+session, out = Session(tempfile.mkdtemp()), tempfile.mkdtemp()
+print(session.adapter(sys.argv[1]).default_settings()["guidance"], flush=True)
+for line in sys.stdin:  # one seed per line: sample 4, render them to PNGs, as `studio sample -n 4 --out` does
+    t0 = time.perf_counter()
+    items = session.sample(sys.argv[1], "a smiling cat face", int(line), 4, steps=20)
+    session.render_to(items, out)
+    print(time.perf_counter() - t0, flush=True)
+"""  # the same work as a UI generate, in a warm process of its own
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until_answered(command: list[str], port: int, home: str) -> float:
+    """Seconds from starting ``command`` to the first HTTP 200 on ``port``; the process is stopped after."""
+    import os
+    import subprocess
+    import urllib.request
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "STUDIO_HOME": home})
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
+                    return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def bench_ui(model: str, repeat: int) -> None:
+    """The UI's start against a plain Gradio app, and a UI generate against the same work in a warm CLI process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    studio_cmd = str(Path(sys.executable).with_name("studio"))
+    with tempfile.TemporaryDirectory() as home:
+        starts = []
+        for _ in range(repeat):  # alternated, so drift in machine speed hits both alike
+            port = _free_port()
+            plain = _until_answered([sys.executable, "-c", PLAIN_APP, str(port)], port, home)
+            port = _free_port()
+            ours = _until_answered([studio_cmd, "ui", "--model", model, "--port", str(port)], port, home)
+            starts.append((plain, ours))
+        ratio = statistics.median(b / a for a, b in starts)
+        print(f"ui start  model={model} repeats={repeat}  (to the first HTTP 200)")
+        print(f"  plain gradio app     : {statistics.median(a for a, _ in starts):8.2f} s")
+        print(f"  studio ui            : {statistics.median(b for _, b in starts):8.2f} s")
+        print(f"  ratio studio/plain   : {ratio:8.3f}   (median of {repeat} pairs; target <= 1.2) "
+              f"{'OK' if ratio <= 1.2 else 'MISSED'}")
+
+        port = _free_port()
+        server = subprocess.Popen([studio_cmd, "--home", home, "ui", "--model", model, "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen([sys.executable, "-c", CLI_WORKER, model], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            _until_up(port)
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            guidance = float(worker.stdout.readline())  # the model's own default, which the CLI renders with
+            seeds = iter(range(100, 100_000, 10))  # new seeds each time: nothing comes from a cache
+
+            def ui() -> float:
+                t0 = time.perf_counter()
+                client.predict(model, "a smiling cat face", next(seeds), 4, 20, guidance, 1.0, "", api_name="/generate")
+                return time.perf_counter() - t0
+
+            def cli() -> float:
+                worker.stdin.write(f"{next(seeds)}\n")
+                worker.stdin.flush()
+                return float(worker.stdout.readline())
+
+            ui(), cli()  # warm-up: the model loads in each
+            pairs = [(cli(), ui()) for _ in range(repeat)]
+        finally:
+            server.terminate()
+            worker.terminate()
+            server.wait()
+            worker.wait()
+        ratio = statistics.median(b / a for a, b in pairs)
+        print(f"ui generate  model={model} 4 pictures, 20 steps, repeats={repeat}")
+        print(f"  warm CLI process     : {statistics.median(a for a, _ in pairs):8.3f} s  (sample + PNGs)")
+        print(f"  UI (gradio_client)   : {statistics.median(b for _, b in pairs):8.3f} s")
+        print(f"  ratio UI/CLI         : {ratio:8.3f}   (median of {repeat} pairs; target <= 1.1) "
+              f"{'OK' if ratio <= 1.1 else 'MISSED'}")
+
+
+def _until_up(port: int) -> None:
+    import urllib.request
+
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
 def bench_library(count: int) -> None:
     from click.testing import CliRunner
 
@@ -162,7 +287,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed repeats of each render path")
     ap.add_argument("--objects", type=int, default=10_000, help="library size for the listing benchmark")
     ap.add_argument("--big-n", type=int, default=32, help="generations in the one-big-call render (0: skip)")
-    ap.add_argument("--big-model", default="emoji-diffusion", help="model for the one-big-call render")
+    ap.add_argument("--big-model", default="emoji-diffusion", help="model for the one-big-call render and the UI")
+    ap.add_argument("--ui", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the UI's start and a UI generate (--no-ui to skip)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
@@ -171,6 +298,8 @@ def main() -> None:
         bench_render(model.strip(), args.n, args.steps, args.repeat)
     if args.big_n:  # one call of many: the studio's batch is sized to the free memory, not capped at 8
         bench_render(args.big_model, args.big_n, args.steps, max(3, args.repeat // 3))
+    if args.ui:
+        bench_ui(args.big_model, max(3, args.repeat // 2))
     bench_library(args.objects)
 
 
