@@ -432,7 +432,8 @@ def latents_check(ctx, repair):
             click.echo(f"the index was damaged ({damage}); moved it to {aside.name} and rebuilt it from the files")
         click.echo(f"adopted {_session(ctx).library.reindex()} unindexed object(s)")
     lib = _session(ctx).library
-    problems = lib.check()
+    with progress_bar("check") as cb:
+        problems = lib.check(cb)
     for p in problems:
         click.echo(p)
     click.echo(f"{len(lib)} object(s), {len(problems)} problem(s)")

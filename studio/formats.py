@@ -161,9 +161,10 @@ def read_file_header(path: Path) -> dict[str, Any]:
     return studio_header(data, str(path))
 
 
-def read_file(path: Path) -> tuple[StoredObject, dict[str, Any]]:
+def read_file(path: Path | str) -> tuple[StoredObject, dict[str, Any]]:
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise StudioError(f"cannot read {path}: {exc.strerror}") from None
     return from_bytes(data, str(path))

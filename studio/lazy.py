@@ -17,10 +17,12 @@ class LazyModule:
 
     def __init__(self, name: str):
         self._name = name
+        self._module: ModuleType | None = None
 
-    def __getattr__(self, attr: str) -> Any:
-        module: ModuleType = importlib.import_module(self._name)
-        return getattr(module, attr)
+    def __getattr__(self, attr: str) -> Any:  # only called for what the stand-in itself lacks
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"

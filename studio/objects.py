@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from studio.errors import StudioError
-from studio.lazy import torch
+from studio.lazy import np, torch
 from studio.space import Space
 
 
@@ -38,7 +38,11 @@ class Lineage:
 
 def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
     """Refuse NaN or Inf: they would silently poison every result built from them."""
-    if not torch.isfinite(tensor).all():
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and not tensor.requires_grad:
+        finite = bool(np.isfinite(tensor.numpy()).all())  # one numpy pass: a few µs where torch takes 15
+    else:
+        finite = bool(torch.isfinite(tensor).all())
+    if not finite:
         bad = (~torch.isfinite(tensor)).sum().item()
         raise StudioError(f"{what} contains {bad} NaN or Inf value(s); refusing to use it")
     return tensor

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -527,18 +527,25 @@ class Library:
 
     # ---- upkeep ----
 
-    def check(self) -> list[str]:
-        """Open every indexed file and verify it; returns the problems found (empty when healthy)."""
+    def check(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Open every indexed file and verify it; returns the problems found (empty when healthy).
+
+        Each object is read and hashed once: its file must hold the content its id names. ``progress``
+        is told (done, total) as the objects are read.
+        """
         problems = []
-        indexed = set()
-        for (object_id,) in self.db.execute("SELECT id FROM objects").fetchall():
-            indexed.add(object_id)
+        ids = [row[0] for row in self.db.execute("SELECT id FROM objects")]
+        indexed = set(ids)
+        folder = str(self.objects_dir)
+        for done, object_id in enumerate(ids, 1):
             try:
-                obj, _ = formats.read_file(self.path_of(object_id))
-                if obj.id != object_id:
+                obj, header = formats.read_file(os.path.join(folder, object_id[:2], f"{object_id}.safetensors"))
+                if (header.get("id") or obj.id) != object_id:  # read_file checked the header's id against the content
                     problems.append(f"{object_id[:12]}: content does not match its id")
             except StudioError as exc:
                 problems.append(f"{object_id[:12]}: {exc}")
+            if progress is not None and (done % 256 == 0 or done == len(ids)):
+                progress(done, len(ids))
         for name, object_id in self.db.execute(
                 "SELECT name, id FROM names WHERE id NOT IN (SELECT id FROM objects)").fetchall():
             problems.append(f"name {name!r} refers to {str(object_id)[:12]}, which is not in the index "
@@ -549,16 +556,29 @@ class Library:
         if kept != actual:
             problems.append(f"the kept counts {kept} differ from the index's {actual} "
                             "('studio latents check --repair' recounts)")
-        files = [p for p in self.objects_dir.glob("*") if not p.is_dir()] + list(self.objects_dir.glob("*/*"))
-        for path in sorted(files):
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                continue  # a write in progress, or one a crash left (repair removes old ones)
-            if path.suffix != ".safetensors" or not ID_RULE.fullmatch(path.stem) or path.parent.name != path.stem[:2]:
-                problems.append(f"{path.relative_to(self.home)}: not an object file of this library")
-            elif path.stem not in indexed:
-                problems.append(f"{path.stem[:12]}: on disk but not in the index "
-                                "('studio latents check --repair' adopts it)")
+        problems += sorted(self._stray_files(indexed))
         return problems
+
+    def _stray_files(self, indexed: set[str]) -> list[str]:
+        """What lies in the object folder but is not one of the indexed objects' files."""
+        out = []
+        with os.scandir(self.objects_dir) as top:
+            for entry in top:
+                if not entry.is_dir():
+                    out.append(f"objects/{entry.name}: not an object file of this library")
+                    continue
+                with os.scandir(entry.path) as inner:
+                    for file in inner:
+                        name = file.name
+                        if name.startswith(".") and name.endswith(".tmp"):
+                            continue  # a write in progress, or one a crash left (repair removes old ones)
+                        stem = name.removesuffix(".safetensors")
+                        if stem == name or not ID_RULE.fullmatch(stem) or entry.name != stem[:2] or file.is_dir():
+                            out.append(f"objects/{entry.name}/{name}: not an object file of this library")
+                        elif stem not in indexed:
+                            out.append(f"{stem[:12]}: on disk but not in the index "
+                                       "('studio latents check --repair' adopts it)")
+        return out
 
     def reindex(self) -> int:
         """Adopt object files that are on disk but not indexed (left by a crash); returns how many."""

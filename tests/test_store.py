@@ -485,3 +485,17 @@ def test_a_library_made_before_kept_counts_and_tag_times_is_upgraded_when_opened
 def test_a_malformed_cursor_is_one_error(session, cursor):
     with pytest.raises(StudioError, match=r"^invalid cursor .*: a listing's cursor is CREATED:ID"):
         session.library.ls(after=cursor)
+
+
+def test_check_reads_each_object_once_and_says_how_far_it_is(session, monkeypatch):
+    lib = session.library
+    ids = _many(lib, 5)
+    reads, seen = [], []
+    read_file = formats.read_file
+    monkeypatch.setattr(formats, "read_file", lambda path: reads.append(str(path)) or read_file(path))
+    assert lib.check(lambda done, total: seen.append((done, total))) == []
+    assert sorted(reads) == sorted(str(lib.path_of(i)) for i in ids) and seen[-1] == (5, 5)
+    (lib.objects_dir / "stray.txt").write_text("x")
+    (lib.objects_dir / ids[0][:2] / "notes.txt").write_text("x")
+    assert sorted(lib.check()) == [f"objects/{ids[0][:2]}/notes.txt: not an object file of this library",
+                                   "objects/stray.txt: not an object file of this library"]
