@@ -11,7 +11,10 @@ all have files (``--check-size``, default 10,000).
 For each size it prints the median of five runs, in milliseconds:
 
     python scripts/bench_library.py                      # 10^3, 10^4, 10^5, 10^6
-    python scripts/bench_library.py --sizes 1000,100000
+    python scripts/bench_library.py --sizes 1000,100000 --ui-size 0
+
+Then ``check`` per object, and the UI's Library tab (opened, searched, filtered by tag through its
+handlers) on a library of ``--ui-size`` objects.
 """
 
 from __future__ import annotations
@@ -122,10 +125,37 @@ def bench_check(size: int) -> float:
     return per
 
 
+def bench_ui_library(size: int) -> dict[str, float]:
+    """The UI's Library tab on a library of ``size`` objects (its newest 70 real tiny-sd generations, the
+    rest index rows, older): opening it (thumbnails rendered, then cached), a text search, a tag."""
+    from studio.session import Session
+    from studio.ui.handlers import Studio
+
+    with tempfile.TemporaryDirectory() as home:
+        session = Session(home)
+        fill_index(session.library, size - 70)
+        with session.library._tx() as db:  # index rows older than the real generations, which the tab renders
+            db.execute("UPDATE objects SET created = created - 1e7")
+            db.execute("UPDATE tags SET created = created - 1e7")
+        session.sample("tiny-sd", "a cat", seed=1, count=70, name="cat", steps=2)
+        session.library.tag("cat-3", "mine")
+        studio = Studio(session, "tiny-sd")
+        t0 = time.perf_counter()
+        studio.library_view(progress=None)
+        figures = {"first open s": time.perf_counter() - t0,
+                   "open ms": timed(lambda: studio.library_view(progress=None)),
+                   "search ms": timed(lambda: studio.library_view(text="cat-4", progress=None)),
+                   "search, no match ms": timed(lambda: studio.library_view(text="zzz", progress=None)),
+                   "tag ms": timed(lambda: studio.library_view(tag="mine", progress=None))}
+        session.library.close()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000,1000000", help="comma-separated library sizes")
     ap.add_argument("--check-size", type=int, default=10_000, help="objects (with files) for the check timing")
+    ap.add_argument("--ui-size", type=int, default=100_000, help="objects for the UI Library tab timing (0: skip)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = {size: bench_size(size) for size in sizes}
@@ -140,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'growth':>9} {growth}   ({sizes[-1] // sizes[0]}x the objects)")
     per = bench_check(args.check_size)
     print(f"check: {per:.0f} µs per object over {args.check_size} objects with files (target < 100)")
+    if args.ui_size:
+        ui = bench_ui_library(args.ui_size)
+        print(f"UI Library tab at {args.ui_size} objects (target < 1 s): " +
+              ", ".join(f"{k} {v:.3f}" if k.endswith(" s") else f"{k} {v:.1f}" for k, v in ui.items()))
     return 0
 
 
