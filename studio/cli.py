@@ -279,6 +279,18 @@ def render(ctx, targets, out, batch, as_json):
 LS_PAGE = 50  # objects `latents ls` shows at a time
 
 
+def _date(text: str | None, option: str) -> float | None:
+    """An ISO date or date and time (local time) as a Unix time; one error for anything else."""
+    if text is None:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise StudioError(f"{option} {text[:40]!r} is not a date: write 2026-12-01 or 2026-12-01T14:30") from None
+
+
 @main.group()
 def latents():
     """List, inspect, tag, remove, export and import stored objects."""
@@ -293,10 +305,13 @@ def latents():
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help=f"Show at most this many (newest first; default {LS_PAGE}, a page).")
 @click.option("--after", default=None, metavar="CURSOR", help="Go on after the page that printed this cursor.")
+@click.option("--since", default=None, metavar="DATE", help="Only objects made on or after this date (2026-12-01, "
+              "or 2026-12-01T14:30, local time).")
+@click.option("--until", default=None, metavar="DATE", help="Only objects made before this date.")
 @click.option("--all", "everything", is_flag=True, help="Show every object, not a page.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line, for scripts.")
 @click.pass_context
-def latents_ls(ctx, kind, tag, model, space, text, limit, after, everything, as_json):
+def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, everything, as_json):
     """List stored objects, newest first, a page at a time.
 
     \b
@@ -309,8 +324,9 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, everything, as_
         raise StudioError("give --all or --limit, not both")
     library = _session(ctx).library
     page = None if everything else (limit or LS_PAGE)
+    times = {"since": _date(since, "--since"), "until": _date(until, "--until")}
     shown, last = 0, None
-    for r in library.ls(kind, tag, model, space, text, page, after=after):
+    for r in library.ls(kind, tag, model, space, text, page, after=after, **times):
         shown, last = shown + 1, r
         if as_json:
             click.echo(json.dumps(r.to_json()))
@@ -319,7 +335,8 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, everything, as_
         names = ",".join(r.names) or "-"
         tags = (" #" + " #".join(r.tags)) if r.tags else ""
         click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
-    if page and shown == page and last is not None and library.ls(kind, tag, model, space, text, 1, after=last.cursor):
+    if page and shown == page and last is not None and library.ls(kind, tag, model, space, text, 1, after=last.cursor,
+                                                                  **times):
         total = library.count(kind, tag, model, space, text)
         click.echo(f"{shown} of {total} shown; the next page: studio latents ls --after {last.cursor} "
                    "(same filters), or --all", err=True)

@@ -423,11 +423,13 @@ class Library:
 
     def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
            space: str | None = None, text: str | None = None, limit: int | None = None,
-           ids: list[str] | None = None, after: str | None = None) -> list[Record]:
+           ids: list[str] | None = None, after: str | None = None, since: float | None = None,
+           until: float | None = None) -> list[Record]:
         """Index rows, newest first, filtered without opening a single object file.
 
         ``limit`` rows at most; ``after`` (a ``Record.cursor``) goes on from where a page ended, so
-        a page costs the same deep in a million objects as at the top.
+        a page costs the same deep in a million objects as at the top; ``since``/``until`` (Unix
+        times) keep objects created in [since, until).
         """
         if limit is not None:
             check_int(limit, "limit", 1)
@@ -441,6 +443,12 @@ class Library:
             created, last = parse_cursor(after)
             where.append(f"{order}.created <= ? AND ({order}.created < ? OR {order}.id > ?)")
             args += [created, created, last]
+        for bound, op in ((since, ">="), (until, "<")):
+            if bound is not None:
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
+                    raise StudioError(f"a time bound must be a number of seconds, not {bound!r}")
+                where.append(f"{order}.created {op} ?")
+                args.append(float(bound))
         sql = ("SELECT o.id, o.kind, o.model, o.spaces, o.op, o.created, o.summary, "
                "(SELECT group_concat(name, char(31)) FROM names n WHERE n.id = o.id), "
                "(SELECT group_concat(tag, char(31)) FROM tags t WHERE t.id = o.id) "

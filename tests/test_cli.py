@@ -333,3 +333,22 @@ def test_latents_ls_pages_and_says_how_to_go_on(tmp_path):
     assert err.strip() == "error: give --all or --limit, not both"
     err = studio(home, "latents", "ls", "--after", "bad\ncursor", code=2).stderr.strip()
     assert err.startswith("error: invalid cursor 'bad\\ncursor'") and "\n" not in err
+
+
+def test_latents_ls_keeps_the_objects_of_a_time_range(tmp_path):
+    from datetime import datetime
+
+    from conftest import noise_latent
+    from studio.store import Library
+
+    home = tmp_path / "home"
+    lib = Library(home)
+    ids = [lib.put(noise_latent(i)) for i in range(4)]
+    with lib._tx() as db:  # made on four days
+        for day, object_id in enumerate(ids, 1):
+            db.execute("UPDATE objects SET created = ? WHERE id = ?", (datetime(2026, 11, day, 12).timestamp(), object_id))
+    lib.close()
+    out = studio(home, "latents", "ls", "--since", "2026-11-02", "--until", "2026-11-04").stdout.splitlines()
+    assert [line.split()[0] for line in out] == [ids[2][:12], ids[1][:12]]  # newest first
+    err = studio(home, "latents", "ls", "--since", "yesterday\nerror: x", code=2).stderr.strip()
+    assert err.startswith("error: --since 'yesterday\\nerror: x' is not a date") and "\n" not in err
