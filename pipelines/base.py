@@ -71,7 +71,7 @@ def fitting_batch(device: torch.device, cells: int, width: int, dtype: torch.dty
     free = free_memory(device)
     if free is None:
         return 8
-    per_item = max(1, cells * width * torch.empty((), dtype=dtype).element_size() * ACTIVATION_FACTOR)
+    per_item = max(1, cells * width * dtype.itemsize * ACTIVATION_FACTOR)
     return max(1, min(MAX_BATCH, free // 2 // per_item))
 
 

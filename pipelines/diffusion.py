@@ -280,10 +280,14 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
             self._schedulers[name] = kind.from_config({k: v for k, v in config.items() if k in takes})
         return self._schedulers[name]
 
+    def tokens(self, settings: dict) -> int:
+        """Positions the denoiser sees for a picture at these settings: latent cells for a UNet, patches for a
+        transformer (what the resolution shift and the batch size are reckoned in)."""
+        return (settings["height"] // self.scale) * (settings["width"] // self.scale) // self.patch**2
+
     def set_timesteps(self, scheduler, settings: dict) -> None:
         """Set ``scheduler`` to the schedule the pipeline call sets for these settings (steps, shift, size)."""
-        size = (settings["height"] // self.scale, settings["width"] // self.scale)
-        self.kind.set_timesteps(scheduler, settings["steps"], size, self.device)
+        self.kind.set_timesteps(scheduler, settings["steps"], self.tokens(settings), self.device)
 
     # -- text conditioning -----------------------------------------------------------------------------
 
@@ -382,8 +386,8 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
     def batch_size(self, settings: dict) -> int:
         """Items per denoiser call at these settings: ``batch_override``, or what half the free memory holds
         (an item's activations counted per latent cell for a UNet, per token for a transformer)."""
-        tokens = (settings["height"] // self.scale) * (settings["width"] // self.scale) // self.patch**2
-        return fitting_batch(self.device, tokens, self.kind.widest(self.denoiser), self.dtype, self.batch_override)
+        return fitting_batch(self.device, self.tokens(settings), self.kind.widest(self.denoiser), self.dtype,
+                             self.batch_override)
 
     def _through_pipeline(self, s: dict) -> bool:
         """Whether the diffusers pipeline call itself renders with these settings (else the studio's loop)."""

@@ -16,7 +16,6 @@ its transformer, so its noise compares with every other 16-channel latent and wi
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pipelines.common import check_pair, public_config
@@ -81,17 +80,15 @@ class Family:
 
     def components(self, pipe) -> list[str]:
         """The components a pipeline of this family must have."""
-        tokenizers = [e.replace("text_encoder", "tokenizer") for e in self.encoders if e not in self.optional_encoders]
-        return [self.denoiser, "vae", "scheduler", *(e for e in self.encoders if e not in self.optional_encoders),
-                *tokenizers]
+        encoders = [e for e in self.encoders if e not in self.optional_encoders]
+        return [self.denoiser, "vae", "scheduler", *encoders, *(e.replace("text_encoder", "tokenizer") for e in encoders)]
 
     def check(self, pipe, spec: str) -> None:
         """Refuse a pipeline whose parts do not fit together, naming the mismatch."""
-        unet = pipe.unet.config
-        widths = [pipe.text_encoder.config.hidden_size]
-        if sum(widths) != unet.cross_attention_dim:
-            raise refused(pipe, spec, f"text encoder width {widths[0]} does not match the "
-                              f"UNet's cross-attention width {unet.cross_attention_dim}")
+        width, unet = pipe.text_encoder.config.hidden_size, pipe.unet.config
+        if width != unet.cross_attention_dim:
+            raise refused(pipe, spec, f"text encoder width {width} does not match the UNet's cross-attention "
+                          f"width {unet.cross_attention_dim}")
 
     # -- settings ------------------------------------------------------------------------------------
 
@@ -148,8 +145,8 @@ class Family:
         """One denoiser call on latents ``x`` [N, C, h, w] (already scaled for the scheduler), no guidance."""
         return adapter.pipe.unet(x, t, encoder_hidden_states=parts[0]).sample
 
-    def set_timesteps(self, scheduler, steps: int, latent_size: tuple[int, int], device) -> None:
-        """The schedule the pipeline call itself would set for ``steps`` steps on latents of ``latent_size``."""
+    def set_timesteps(self, scheduler, steps: int, tokens: int, device) -> None:
+        """The schedule the pipeline call itself would set for ``steps`` steps on ``tokens`` image tokens."""
         scheduler.set_timesteps(steps, device=device)
 
     def pipeline_call(self, adapter, noise: torch.Tensor, parts: list[torch.Tensor],
@@ -194,13 +191,13 @@ class SDXL(Family):
         if unet.addition_embed_type != "text_time" or (
                 unet.projection_class_embeddings_input_dim != 6 * unet.addition_time_embed_dim + pooled):
             raise refused(pipe, spec, f"the UNet's added embedding does not take the second "
-                              f"text encoder's pooled width {pooled} plus six micro-conditioning numbers")
+                          f"text encoder's pooled width {pooled} plus six micro-conditioning numbers")
         if pipe.tokenizer.model_max_length != pipe.tokenizer_2.model_max_length:
             raise refused(pipe, spec, f"its tokenizers take {pipe.tokenizer.model_max_length} "
-                              f"and {pipe.tokenizer_2.model_max_length} tokens; they must agree")
+                          f"and {pipe.tokenizer_2.model_max_length} tokens; they must agree")
         if sum(widths) != unet.cross_attention_dim:
             raise refused(pipe, spec, f"text encoder widths {widths[0]} + {widths[1]} do not "
-                              f"match the UNet's cross-attention width {unet.cross_attention_dim}")
+                          f"match the UNet's cross-attention width {unet.cross_attention_dim}")
 
     def settings(self, pipe) -> dict[str, Any]:
         # None means the render size (and crop 0, 0), as in diffusers
@@ -268,12 +265,9 @@ class Transformer(Family):
     fingerprint_keys = T5_KEYS
     default_text_length = 256  # T5 tokens, as the pipeline's own max_sequence_length default
 
-    def t5(self, pipe) -> str:
-        """The T5 encoder's component name."""
-        return next(e for e, label in self.encoders.items() if label == "t5")
-
     def text_length(self, pipe) -> int:
-        tokenizer = getattr(pipe, self.t5(pipe).replace("text_encoder", "tokenizer"), None)
+        t5 = next(e for e, label in self.encoders.items() if label == "t5")
+        tokenizer = getattr(pipe, t5.replace("text_encoder", "tokenizer"), None)
         limit = tokenizer.model_max_length if tokenizer is not None else self.default_text_length
         return min(self.default_text_length, limit)
 
@@ -314,7 +308,6 @@ class SD3(Transformer):
                "(Euler, shift); flow-ODE inversion; h-space: middle joint block")
     encoders = {"text_encoder": "clipL", "text_encoder_2": "clipG", "text_encoder_3": "t5"}
     optional_encoders = ("text_encoder_3",)
-    patch_area = 4  # latent cells per token (2x2 patches), for the resolution shift's token count
     flow = True
     schedulers = FLOW_SCHEDULERS
     text_label = "text-sd3"
@@ -324,10 +317,10 @@ class SD3(Transformer):
         pooled = pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim
         if tr.pooled_projection_dim != pooled:
             raise refused(pipe, spec, f"the transformer takes pooled text of width "
-                              f"{tr.pooled_projection_dim}, its CLIP encoders give {pooled}")
+                          f"{tr.pooled_projection_dim}, its CLIP encoders give {pooled}")
         if tr.in_channels != pipe.vae.config.latent_channels:
             raise refused(pipe, spec, f"the transformer takes {tr.in_channels} latent "
-                              f"channels, its VAE gives {pipe.vae.config.latent_channels}")
+                          f"channels, its VAE gives {pipe.vae.config.latent_channels}")
 
     def settings(self, pipe) -> dict[str, Any]:
         return {"steps": 28, "guidance": 7.0}
@@ -348,10 +341,10 @@ class SD3(Transformer):
         return adapter.pipe.transformer(hidden_states=x, timestep=t.expand(len(x)), encoder_hidden_states=parts[0],
                                         pooled_projections=parts[1]).sample
 
-    def set_timesteps(self, scheduler, steps, latent_size, device):
+    def set_timesteps(self, scheduler, steps, tokens, device):
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting"):  # SD 3.5's own pipeline computes mu only then
-            kwargs["mu"] = resolution_shift(scheduler, math.prod(latent_size) // self.patch_area, 1.16)
+            kwargs["mu"] = resolution_shift(scheduler, tokens, 1.16)
         scheduler.set_timesteps(steps, device=device, **kwargs)
 
     def pipeline_call(self, adapter, noise, parts, negative, settings):
@@ -388,10 +381,10 @@ class Flux(Transformer):
         tr = pipe.transformer.config
         if tr.in_channels != 4 * pipe.vae.config.latent_channels:
             raise refused(pipe, spec, f"the transformer takes {tr.in_channels} channels, not "
-                              f"its VAE's {pipe.vae.config.latent_channels} latent channels in 2x2 patches")
+                          f"its VAE's {pipe.vae.config.latent_channels} latent channels in 2x2 patches")
         if tr.pooled_projection_dim != pipe.text_encoder.config.hidden_size:
             raise refused(pipe, spec, f"the transformer takes pooled text of width "
-                              f"{tr.pooled_projection_dim}, its CLIP encoder gives {pipe.text_encoder.config.hidden_size}")
+                          f"{tr.pooled_projection_dim}, its CLIP encoder gives {pipe.text_encoder.config.hidden_size}")
 
     def settings(self, pipe) -> dict[str, Any]:
         if self.distilled(pipe):  # dev
@@ -447,8 +440,8 @@ class Flux(Transformer):
         ).sample
         return unpack(out, h, w)
 
-    def set_timesteps(self, scheduler, steps, latent_size, device):
-        kwargs: dict[str, Any] = {"mu": resolution_shift(scheduler, math.prod(latent_size) // 4, 1.15)}
+    def set_timesteps(self, scheduler, steps, tokens, device):
+        kwargs: dict[str, Any] = {"mu": resolution_shift(scheduler, tokens, 1.15)}
         if not scheduler.config.get("use_flow_sigmas"):
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
         scheduler.set_timesteps(None if "sigmas" in kwargs else steps, device=device, **kwargs)
@@ -481,7 +474,7 @@ class PixArtSigma(Transformer):
         tr = pipe.transformer.config
         if tr.caption_channels != pipe.text_encoder.config.d_model:
             raise refused(pipe, spec, f"the transformer takes text of width "
-                              f"{tr.caption_channels}, its T5 encoder gives {pipe.text_encoder.config.d_model}")
+                          f"{tr.caption_channels}, its T5 encoder gives {pipe.text_encoder.config.d_model}")
 
     def settings(self, pipe) -> dict[str, Any]:
         return {"steps": 20, "guidance": 4.5}

@@ -144,18 +144,13 @@ def _until_answered(command: list[str], port: int, home: str) -> float:
     """Seconds from starting ``command`` to the first HTTP 200 on ``port``; the process is stopped after."""
     import os
     import subprocess
-    import urllib.request
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "STUDIO_HOME": home})
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
-                    return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.05)
+        _until_up(port)
+        return time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait()
@@ -222,6 +217,7 @@ def bench_ui(model: str, repeat: int) -> None:
 
 
 def _until_up(port: int) -> None:
+    """Wait until a server on ``port`` answers its page with HTTP 200."""
     import urllib.request
 
     while True:
@@ -229,7 +225,7 @@ def _until_up(port: int) -> None:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def bench_library(count: int) -> None:

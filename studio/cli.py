@@ -325,9 +325,10 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, e
     library = _session(ctx).library
     page = None if everything else (limit or LS_PAGE)
     times = {"since": _date(since, "--since"), "until": _date(until, "--until")}
-    shown, last = 0, None
-    for r in library.ls(kind, tag, model, space, text, page, after=after, **times):
-        shown, last = shown + 1, r
+    rows = library.ls(kind, tag, model, space, text, page + 1 if page else None, after=after, **times)
+    more = page is not None and len(rows) > page  # one row beyond the page says there is a next one
+    rows = rows[:page] if page else rows
+    for r in rows:
         if as_json:
             click.echo(json.dumps(r.to_json()))
             continue
@@ -335,10 +336,9 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, e
         names = ",".join(r.names) or "-"
         tags = (" #" + " #".join(r.tags)) if r.tags else ""
         click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
-    if page and shown == page and last is not None and library.ls(kind, tag, model, space, text, 1, after=last.cursor,
-                                                                  **times):
+    if more:
         total = library.count(kind, tag, model, space, text)
-        click.echo(f"{shown} of {total} shown; the next page: studio latents ls --after {last.cursor} "
+        click.echo(f"{len(rows)} of {total} shown; the next page: studio latents ls --after {rows[-1].cursor} "
                    "(same filters), or --all", err=True)
 
 

@@ -462,12 +462,12 @@ class Library:
     def count(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
               space: str | None = None, text: str | None = None) -> int:
         """How many objects ``ls`` with these filters would list, counted in the index."""
-        where, args = self._filters(kind, tag, model, space, text, None)
         if not (tag or model or space or text):  # the kept counts (see UPKEEP)
             sql = "SELECT coalesce(sum(n), 0) FROM counts" + (" WHERE kind = ?" if kind else "")
             return self.db.execute(sql, [kind] if kind else []).fetchone()[0]
         if tag and not (kind or model or space or text):  # the tag's own index holds the answer
             return self.db.execute("SELECT count(*) FROM tags WHERE tag = ?", (tag,)).fetchone()[0]
+        where, args = self._filters(kind, tag, model, space, text, None)
         sql = "SELECT count(*) FROM objects o" + (" WHERE " + " AND ".join(where) if where else "")
         return self.db.execute(sql, args).fetchone()[0]
 

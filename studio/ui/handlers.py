@@ -22,9 +22,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,36 +202,16 @@ class Studio:
         self.thumbs = home / "thumbs"
         for folder in (self.outputs, self.thumbs):
             folder.mkdir(parents=True, exist_ok=True)
-        self._model_locks: dict[str, threading.RLock] = {}  # re-entrant: a handler may nest using()
-        self._guard = threading.Lock()
         self._library = threading.RLock()
 
     def loading(self, spec: str | None = None) -> bool:
         """Whether a model has yet to load: it loads on first use (the page's first open, or a request)."""
         return not self.session.loaded(self._model(spec))
 
-    # ---- locks ----
-
-    def model_lock(self, spec: str) -> threading.RLock:
-        with self._guard:
-            return self._model_locks.setdefault(spec, threading.RLock())
-
-    @contextmanager
-    def using(self, specs: str | Sequence[str], progress: Any = None) -> Iterator[None]:
-        """Hold the locks of these models (sorted, so two requests never deadlock)."""
-        specs = sorted({specs} if isinstance(specs, str) else set(specs))
-        with ExitStack() as stack:
-            for spec in specs:
-                lock = self.model_lock(spec)
-                if not lock.acquire(blocking=False):
-                    if progress is not None:
-                        progress(0, desc=f"waiting for {spec} (busy with another request)")
-                    lock.acquire()
-                stack.callback(lock.release)
-            yield
+    # ---- models ----
 
     def _loaded(self, spec: str, progress: Any = None):
-        """The adapter of a model (loaded on first use); call with the model's lock held."""
+        """The adapter of a model (loaded on first use); call on the model thread (see ``on_model_thread``)."""
         if progress is not None:
             progress(0, desc=f"preparing {spec}")
         return self.session.adapter(spec)
@@ -278,7 +257,7 @@ class Studio:
     def _thumbs(self, items: list[Stored], progress: Any = None) -> list[Path]:
         """Cached PNGs (with their recipe) for stored objects: generations rendered, the rest as tiles.
 
-        Missing renders are made in one batch per model; the caller may already hold those models' locks.
+        Missing renders are made in one batch per model, on the model thread.
         """
         paths = [self.thumbs / f"{s.id}.png" for s in items]
         missing: dict[str, list[int]] = {}
@@ -292,11 +271,10 @@ class Studio:
                 placeholder(s.obj.kind, s.label).save(tmp, format="PNG")
                 tmp.replace(path)
         for model, idx in missing.items():
-            with self.using(model, progress):
-                self._loaded(model, progress)
-                self.session.render_to([items[i] for i in idx], self.thumbs,
-                                       step_callback(progress, f"rendering with {model}"),
-                                       filenames=[paths[i].name for i in idx])
+            self._loaded(model, progress)
+            self.session.render_to([items[i] for i in idx], self.thumbs,
+                                   step_callback(progress, f"rendering with {model}"),
+                                   filenames=[paths[i].name for i in idx])
         return paths
 
     def _gallery(self, items: list[Stored], progress: Any = None) -> list[tuple[str, str]]:
@@ -334,8 +312,7 @@ class Studio:
         Flux.1 dev), or None where the model takes no guidance setting (Flux.1 schnell, GANs).
         """
         spec = self._model(model)
-        with self.using(spec, progress):
-            adapter = self._loaded(spec, progress)
+        adapter = self._loaded(spec, progress)
         defaults = dict(adapter.default_settings())
         if spec.startswith("tiny-") and "steps" in defaults:
             defaults["steps"] = TINY_STEPS
@@ -396,23 +373,22 @@ class Studio:
         seed = whole(seed, "seed", 0, 2**63 - 1)
         count = whole(count, "count", 1, MAX_UI_COUNT)
         tag_list = [t for t in re.split(r"[,\s]+", tags or "") if t]
-        with self.using(spec, progress):
-            adapter = self._loaded(spec, progress)
-            settings: dict[str, Any] = {}
-            if adapter.family == "diffusion":
-                if steps not in (None, ""):
-                    settings["steps"] = whole(steps, "steps", 1, 1000)
-                # a hidden Guidance slider still sends its value: only a model that takes guidance gets it
-                if guidance not in (None, "") and "guidance" in adapter.default_settings():
-                    settings["guidance"] = real(guidance, "guidance", 0.0, 100.0)
-                text = prompt if isinstance(prompt, str) else ""
-            else:
-                if truncation not in (None, ""):
-                    settings["truncation"] = real(truncation, "truncation", -2.0, 2.0)
-                text = None  # GANs are unconditional
-            with self._library:
-                items = self.session.sample(spec, text, seed, count, tags=tag_list, **settings)
-            gallery = self._gallery(items, progress)
+        adapter = self._loaded(spec, progress)
+        settings: dict[str, Any] = {}
+        if adapter.family == "diffusion":
+            if steps not in (None, ""):
+                settings["steps"] = whole(steps, "steps", 1, 1000)
+            # a hidden Guidance slider still sends its value: only a model that takes guidance gets it
+            if guidance not in (None, "") and "guidance" in adapter.default_settings():
+                settings["guidance"] = real(guidance, "guidance", 0.0, 100.0)
+            text = prompt if isinstance(prompt, str) else ""
+        else:
+            if truncation not in (None, ""):
+                settings["truncation"] = real(truncation, "truncation", -2.0, 2.0)
+            text = None  # GANs are unconditional
+        with self._library:
+            items = self.session.sample(spec, text, seed, count, tags=tag_list, **settings)
+        gallery = self._gallery(items, progress)
         return gallery, [self._summary(s) for s in items], [s.id for s in items]
 
     @shows_errors
@@ -481,10 +457,9 @@ class Studio:
         with self._library:
             item = self._stored(ref)
         gen = self._generation(item)
-        with self.using(gen.model, progress):
-            self._loaded(gen.model, progress)
-            (path,) = self.session.render_to([item], self._out_dir("renders"),
-                                             step_callback(progress, f"rendering with {gen.model}"))
+        self._loaded(gen.model, progress)
+        (path,) = self.session.render_to([item], self._out_dir("renders"),
+                                         step_callback(progress, f"rendering with {gen.model}"))
         return str(path)
 
     @shows_errors
@@ -506,6 +481,7 @@ class Studio:
         return object_id
 
     @shows_errors
+    @on_model_thread  # a .latent names a model, which may load here
     def import_upload(self, path: str | None, name: str | None = None, model: str | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str | None]:
         """Import a studio PNG (its recipe comes back), a .safetensors or a ComfyUI .latent (needs a model).
@@ -519,11 +495,8 @@ class Studio:
         path = Path(path)
         recipe = formats.read_png(path)[1] if path.suffix.lower() == ".png" else None
         spec = self._model(model) if path.suffix == ".latent" else None
-        with ExitStack() as stack:
-            if spec:
-                stack.enter_context(self.using(spec))
-            with self._library:
-                items = self.session.import_file(path, optional_name(name), spec)
+        with self._library:
+            items = self.session.import_file(path, optional_name(name), spec)
         gens = [s for s in items if isinstance(s.obj, Generation)]
         picture = str(self._thumbs(gens[:1])[0]) if gens else None
         return [self._summary(s) for s in items], recipe, picture
@@ -536,10 +509,9 @@ class Studio:
         if not path:
             raise StudioError("upload a picture first")
         spec = self._model(model)
-        with self.using(spec, progress):
-            self._loaded(spec, progress)
-            with self._library:
-                stored = self.session.encode_image(path, spec, optional_name(name))
+        self._loaded(spec, progress)
+        with self._library:
+            stored = self.session.encode_image(path, spec, optional_name(name))
         return self._summary(stored)
 
     @shows_errors
@@ -558,14 +530,13 @@ class Studio:
             raise StudioError("upload a picture first")
         steps = None if steps in (None, "", 0) else whole(steps, "steps", 1, 10_000)
         spec = self._model(model)
-        with self.using(spec, progress):
-            self._loaded(spec, progress)
-            if progress is not None:
-                progress(0, desc=f"inverting with {spec}")
-            with self._library:
-                stored = self.session.invert(path, spec, str(prompt or ""), steps, optional_name(name))
-            (picture,) = self.session.render_to([stored], self._out_dir("inversions"),
-                                                step_callback(progress, "re-rendering"))
+        self._loaded(spec, progress)
+        if progress is not None:
+            progress(0, desc=f"inverting with {spec}")
+        with self._library:
+            stored = self.session.invert(path, spec, str(prompt or ""), steps, optional_name(name))
+        (picture,) = self.session.render_to([stored], self._out_dir("inversions"),
+                                            step_callback(progress, "re-rendering"))
         rendered = open_image(picture)
         original = open_image(path).resize(rendered.size, Image.LANCZOS)
         score = psnr(np.asarray(original), np.asarray(rendered))
@@ -617,11 +588,10 @@ class Studio:
                      for p in plan]
         models = {s.obj.model for s in items}
         out = self._out_dir("interpolations", "-".join(k.label for k in keys[:3]))
-        with self.using(models, progress):
-            for m in models:
-                self._loaded(m, progress)
-            paths = self.session.render_to(items, out, step_callback(progress, "rendering frames"),
-                                           filenames=[f"frame_{i:03d}.png" for i in range(len(items))])
+        for m in models:
+            self._loaded(m, progress)
+        paths = self.session.render_to(items, out, step_callback(progress, "rendering frames"),
+                                       filenames=[f"frame_{i:03d}.png" for i in range(len(items))])
         gif, mp4 = write_animation([Image.open(p) for p in paths], out / "animation", fps)
         strip = [(str(p), f"{i}: t={plan[i]['t']:.2f}") for i, p in enumerate(paths)]
         return strip, str(gif), str(mp4), plan
@@ -671,8 +641,6 @@ class Studio:
         role = None if role in (None, "", "default", "latent") else role
         what = parse_attribute(attribute)
         with self._library:
-            models = {self.session.library.record(r).model for r in a + b} - {None}
-        with self.using(models if role == "hspace" else [], progress), self._library:
             stored = self._vectors().from_sets(a, b, method=method, role=role, name=optional_name(name),
                                                attribute=what)
         return self._summary(stored)
@@ -705,10 +673,9 @@ class Studio:
         if (what := parse_attribute(attribute)) is not None:
             definition["attribute"] = what
         spec = self._model(model)
-        with self.using(spec, progress):
-            self._loaded(spec, progress)
-            with self._library:
-                stored = self._vectors().from_prompts(definition, spec, optional_name(name))
+        self._loaded(spec, progress)
+        with self._library:
+            stored = self._vectors().from_prompts(definition, spec, optional_name(name))
         return self._summary(stored)
 
     @shows_errors
@@ -727,11 +694,10 @@ class Studio:
         if len(lines) > MAX_PROMPTS:
             raise StudioError(f"{len(lines)} prompts; at most {MAX_PROMPTS}")
         spec = self._model(model)
-        with self.using(spec, progress):
-            self._loaded(spec, progress)
-            with self._library:
-                rows = self._vectors().discover(spec, space, k, prefix=optional_name(prefix),
-                                                prompts=lines or None)
+        self._loaded(spec, progress)
+        with self._library:
+            rows = self._vectors().discover(spec, space, k, prefix=optional_name(prefix),
+                                            prompts=lines or None)
         return [[s.label, s.id, round(100 * ratio, 2)] for s, ratio in rows]
 
     @shows_errors
@@ -786,8 +752,6 @@ class Studio:
         psi = "" if truncation is None else str(truncation).strip()
         settings = {"truncation": real(psi, "truncation", -2.0, 2.0)} if psi else None
         with self._library:
-            model = self.session.library.record(vector).model
-        with self.using([model] if model else [], progress), self._library:
             result = scoring.score_vector(self.session, vector, values, samples, seed, None,
                                           self._out_dir("scores"), step_callback(progress, "rendering the sweep"),
                                           sdedit, settings)
@@ -817,22 +781,19 @@ class Studio:
         sweep = [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else ([lo] if n == 1 else [])
         name = optional_name(name)
         lab = self._vectors()
-        with self._library:
-            models = {self.session.library.record(t).model for t in goals} - {None}
         names = numbered_names(name, len(goals))
-        with self.using(models, progress):  # sdedit and h-space modes run the model while applying
-            with self._library:
-                for n in names:  # every result name free before the first target is edited
-                    if n is not None:
-                        self.session.library.check_free(n)
-                applied = []
-                for t, n in zip(goals, names, strict=True):
-                    applied += lab.apply(t, vector, [strength], mode=mode, name=n)
-                swept = lab.apply(goals[0], vector, sweep, mode=mode) if sweep else []
-            everything = applied + swept
-            out = self._out_dir("attributes")
-            paths = self.session.render_to(everything, out, step_callback(progress, "rendering"),
-                                           filenames=[f"{i:03d}.png" for i in range(len(everything))])
+        with self._library:
+            for n in names:  # every result name free before the first target is edited
+                if n is not None:
+                    self.session.library.check_free(n)
+            applied = []
+            for t, n in zip(goals, names, strict=True):
+                applied += lab.apply(t, vector, [strength], mode=mode, name=n)
+            swept = lab.apply(goals[0], vector, sweep, mode=mode) if sweep else []
+        everything = applied + swept
+        out = self._out_dir("attributes")
+        paths = self.session.render_to(everything, out, step_callback(progress, "rendering"),
+                                       filenames=[f"{i:03d}.png" for i in range(len(everything))])
         results = [(str(p), s.label) for s, p in zip(applied, paths)]
         strip = [(str(p), f"s={v:+.2f}") for v, p in zip(sweep, paths[len(applied):])]
         return results, strip, [self._summary(s) for s in applied]
@@ -866,9 +827,8 @@ class Studio:
             stored = self.session.evaluate(source.strip(), name=optional_name(name))
         if not isinstance(stored.obj, Generation):
             return None, {**self._summary(stored), "note": "stored; a lone latent or vector has no picture"}
-        with self.using(stored.obj.model, progress):
-            self._loaded(stored.obj.model, progress)
-            (path,) = self._thumbs([stored], progress)
+        self._loaded(stored.obj.model, progress)
+        (path,) = self._thumbs([stored], progress)
         return str(path), self._summary(stored)
 
     @shows_errors
@@ -930,11 +890,10 @@ class Studio:
             models |= {self.session.library.record(spec["ref"]).model
                        for spec in recipe.inputs.values() if "ref" in spec} - {None}
         out = self._out_dir("recipes")
-        with self.using(models, progress):
-            for m in models:
-                self._loaded(m, progress)
-            with self._library:
-                result = run(self.session, recipe, out, step_callback(progress, "rendering"))
+        for m in models:
+            self._loaded(m, progress)
+        with self._library:
+            result = run(self.session, recipe, out, step_callback(progress, "rendering"))
         points = [(name, p) for name, pts in result.renders.items() for p, _ in pts]
         gallery = [(str(path), " ".join(f"{k}={v:g}" for k, v in p.items()) or name)
                    for path, (name, p) in zip(result.files, points)]

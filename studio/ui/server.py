@@ -26,7 +26,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_UPLOAD = "25mb"  # pictures, recipes and latents are small; a bigger upload is a mistake or an attack
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
-CONCURRENCY = 4  # requests worked on at once; each model's lock still lets one request at a time use it
+CONCURRENCY = 4  # requests worked on at once; model work among them runs one at a time, on the model thread
 CACHE_CLEANUP = (3600, 24 * 3600)  # every hour, delete gradio cache files older than a day
 
 
