@@ -36,12 +36,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def home_session(tmp_path_factory):
     session = Session(tmp_path_factory.mktemp("browser-home"))
-    running = server.launch(session, "tiny-sd", port=free_port(), block=False, echo=lambda line: None)
+    yield session
+    session.library.close()
+
+
+@pytest.fixture(scope="module")
+def url(home_session):
+    running = server.launch(home_session, "tiny-sd", port=free_port(), block=False, echo=lambda line: None)
+    assert not home_session.loaded("tiny-sd")  # the page answers first; the model loads on first use
     yield running.local_url
     running.close()
-    session.library.close()
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +145,14 @@ def build_and_apply(page, set_a: list[str], set_b: list[str], name: str, target:
     expect(images(page, "sweep")).to_have_count(5)
 
 
-def test_click_through_every_tab(page, shots):
+def test_click_through_every_tab(page, shots, home_session):
     expect = sync_api.expect
 
     # Generate: two cats and two dogs, each named from the gallery
     generate_and_name(page, "a cat", 5, ["bcat", "bcat2"])
+    # the first generate, made as the page opened, used the model's own settings, not the placeholders
+    # the page showed while the model loaded (Generate waits for them)
+    assert home_session.get("bcat").settings["steps"] == 4  # TINY_STEPS; the placeholder is 20
     generate_and_name(page, "a dog", 50, ["bdog", "bdog2"])
     expect(page.locator("#title")).to_contain_text("4 stored objects")
     page.screenshot(path=str(shots / "1-generate.png"), full_page=True)

@@ -90,7 +90,9 @@ def build(studio: Studio) -> gr.Blocks:
                                                label="Truncation ψ", visible=not diffusion, interactive=not pending,
                                                elem_id="truncation")
                         tags = gr.Textbox(label="Tags", placeholder="optional: day, portrait", elem_id="gen-tags")
-                        go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        # until the model's own settings have arrived, the placeholders must not be sent
+                        go = gr.Button("Generate", variant="primary", interactive=not pending,
+                                       elem_id="generate-btn")
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(label="Results (click one to name it)", columns=4, height=420,
                                              object_fit="contain", elem_id="gen-gallery")
@@ -372,7 +374,8 @@ def build(studio: Studio) -> gr.Blocks:
         demo.load(refresh, model, pickers, **quiet)
         if pending:  # the page's first open loads the model; its settings arrive when it is ready
             demo.load(on_model, [current_model, current_model],
-                      [model, prompt, steps, guidance, truncation, title, current_model], **quiet)
+                      [model, prompt, steps, guidance, truncation, title, current_model], **quiet).then(
+                lambda: gr.update(interactive=True), None, go, **quiet)
         for tab in (tab_generate, tab_library, tab_interp, tab_attr, tab_recipe):
             tab.select(refresh, model, pickers, **quiet)
 
