@@ -4,9 +4,15 @@ Each library holds a few real objects (files on disk, written through ``Library.
 filled up to its size with index rows alone: the index is what listing, paging, filtering and
 counting read, and writing a million small files would measure the file system, not the studio.
 Rows are inserted in one transaction with ``executemany``, with the shapes real ones have: one in
-three named, one in five tagged (``bench``; one in a thousand also ``rare``), kinds and models
-mixed, ``created`` increasing. ``check`` opens every file, so it is timed on a library whose objects
+three named (``obj<i>``, and a batch of 100 ``frame-<n>`` midway), one in five tagged (``bench``;
+one in a thousand also ``rare``), kinds, models and spaces mixed (one in a thousand in a rare space),
+generations with prompts, ``created`` increasing; the triggers fill the tag, space and text indexes
+as they do for real objects. ``check`` opens every file, so it is timed on a library whose objects
 all have files (``--check-size``, default 10,000).
+
+Columns: a page of 50 for each filter. "name page" is the frame batch's prefix, "broad name" a
+prefix one name in nine starts with (its cost follows its matches); "search" is text one object in
+eight or so holds, "rare search" text one object holds.
 
 For each size it prints the median of five runs, in milliseconds:
 
@@ -64,14 +70,18 @@ def fill_index(lib, size: int) -> None:
     start = time.time() - size  # one second apart, oldest first
     objects, names, tags = [], [], []
     for i in range(have, size):
+        batch = i - (have + size) // 2  # a batch of 100 named frames, midway
+        frame = f"frame-{batch:03d}" if 0 <= batch < 100 else None
         object_id = hashlib.sha256(f"bench-{i}".encode()).hexdigest()
         kind = ("generation", "latent", "vector")[i % 3]
         spaces = {"noise": "noise[vae-bench](4x64x64)"} if kind == "generation" else {"tensor": "gan-z[sg-bench](16)"}
+        if i % 1000 == 1:  # one in a thousand in a space of its own
+            spaces = {"tensor": "gan-w[sg-rare](16)"}
         summary = {"prompt": f"prompt number {i}"} if kind == "generation" else {}
         objects.append((object_id, kind, f"model-{i % 4}", json.dumps(spaces), "sample", start + i,
                         json.dumps(summary)))
-        if i % 3 == 0:
-            names.append((f"obj{i}", object_id))
+        if i % 3 == 0 or frame:
+            names.append((frame or f"obj{i}", object_id))
         if i % 5 == 0:
             tags.append((object_id, "bench"))
         if i % 1000 == 0:
@@ -100,6 +110,12 @@ def bench_size(size: int) -> dict[str, float]:
             "tag page": timed(lambda: lib.ls(tag="bench", limit=PAGE)),
             "rare tag page": timed(lambda: lib.ls(tag="rare", limit=PAGE)),
             "model page": timed(lambda: lib.ls(model="model-1", limit=PAGE)),
+            "space page": timed(lambda: lib.ls(space="gan-z", limit=PAGE)),
+            "rare space": timed(lambda: lib.ls(space="gan-w", limit=PAGE)),
+            "name page": timed(lambda: lib.ls(name="frame-", limit=PAGE)),
+            "broad name": timed(lambda: lib.ls(name="obj1", limit=PAGE)),
+            "search": timed(lambda: lib.ls(text="number 7", limit=PAGE)),
+            "rare search": timed(lambda: lib.ls(text=f"number {size // 2 + 1}", limit=PAGE)),
             "count": timed(lambda: lib.count()),
             "tag count": timed(lambda: lib.count(tag="bench")),
             "show": timed(lambda: session.describe("real3")),

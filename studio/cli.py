@@ -300,7 +300,9 @@ def latents():
 @click.option("--kind", type=click.Choice(["generation", "latent", "vector"]), default=None)
 @click.option("--tag", default=None, help="Only objects with this tag.")
 @click.option("--model", default=None, help="Only objects of this model spec.")
-@click.option("--space", default=None, help="Only objects whose space contains this text (e.g. gan-w).")
+@click.option("--space", default=None, help="Only objects with a latent in this space: its kind (gan-w), its "
+              "family (vae-35f64b0e) or both (gan-w[stylegan-1a2b3c4d]).")
+@click.option("--name", "name_prefix", default=None, metavar="PREFIX", help="Only objects with a name that starts so.")
 @click.option("--search", "text", default=None, help="Text to find in names, prompts, expressions or ids.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help=f"Show at most this many (newest first; default {LS_PAGE}, a page).")
@@ -311,12 +313,13 @@ def latents():
 @click.option("--all", "everything", is_flag=True, help="Show every object, not a page.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line, for scripts.")
 @click.pass_context
-def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, everything, as_json):
+def latents_ls(ctx, kind, tag, model, space, name_prefix, text, limit, after, since, until, everything, as_json):
     """List stored objects, newest first, a page at a time.
 
     \b
     Examples:
       studio latents ls --tag day
+      studio latents ls --name frame- --space gan-w
       studio latents ls --after 1764633600.25:3f2a...    # the next page, as the last one said
       studio latents ls --all --json > library.jsonl
     """
@@ -325,7 +328,8 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, e
     library = _session(ctx).library
     page = None if everything else (limit or LS_PAGE)
     times = {"since": _date(since, "--since"), "until": _date(until, "--until")}
-    rows = library.ls(kind, tag, model, space, text, page + 1 if page else None, after=after, **times)
+    rows = library.ls(kind, tag, model, space, text, page + 1 if page else None, after=after, name=name_prefix,
+                      **times)
     more = page is not None and len(rows) > page  # one row beyond the page says there is a next one
     rows = rows[:page] if page else rows
     for r in rows:
@@ -337,7 +341,7 @@ def latents_ls(ctx, kind, tag, model, space, text, limit, after, since, until, e
         tags = (" #" + " #".join(r.tags)) if r.tags else ""
         click.echo(f"{r.short_id}  {names:<16} {r.kind:<10} {r.model or '-':<16} {r.op or '-':<8} {what}{tags}")
     if more:
-        total = library.count(kind, tag, model, space, text)
+        total = library.count(kind, tag, model, space, text, name=name_prefix, **times)
         click.echo(f"{len(rows)} of {total} shown; the next page: studio latents ls --after {rows[-1].cursor} "
                    "(same filters), or --all", err=True)
 

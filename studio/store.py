@@ -30,6 +30,7 @@ TAG_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}")
 MIN_PREFIX = 4  # an id prefix shorter than this is never taken as a reference
 ID_RULE = re.compile(r"[0-9a-f]{64}")  # a sha256 content id
 ID_LIKE = re.compile(r"[0-9a-f]{7,}")  # a name like this would read as an id prefix
+ID_PREFIX = re.compile(r"[0-9a-f]+")  # search text that may be the start of an id
 STALE_TMP_SECONDS = 3600  # a temporary file older than this is left over from a crash
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
 os.umask(_UMASK)  # ... and put back at once
@@ -66,6 +67,58 @@ END;
 CREATE TRIGGER IF NOT EXISTS objects_uncounted AFTER DELETE ON objects BEGIN
     UPDATE counts SET n = n - 1 WHERE kind = OLD.kind;
 END;
+"""
+# Space and text filters read indexes of their own, kept by triggers. A space row per token of each
+# of an object's spaces: its kind (gan-w), its family (vae-35f64b0e) and both (gan-w[sg-1a2b]), with
+# the object's time, so a page of one space walks that space's rows alone, as a tag page does. Text is
+# searched in a trigram full-text index of each object's summary (prompt, seed, expression) and names,
+# so a search reads the rows that hold the text, not every row; its rows share the object's rowid.
+SEARCH = """
+CREATE TABLE IF NOT EXISTS space_tokens (id TEXT NOT NULL, token TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (id, token));
+CREATE INDEX IF NOT EXISTS space_tokens_by_token ON space_tokens(token, created DESC, id);
+CREATE TRIGGER IF NOT EXISTS objects_spaces AFTER INSERT ON objects WHEN json_valid(NEW.spaces) BEGIN
+    INSERT OR IGNORE INTO space_tokens SELECT NEW.id, token, NEW.created FROM (
+        SELECT substr(value, 1, instr(value, '[') - 1) AS token FROM json_each(NEW.spaces)
+        UNION SELECT substr(value, instr(value, '[') + 1, instr(value, ']') - instr(value, '[') - 1)
+              FROM json_each(NEW.spaces) WHERE instr(value, ']') > instr(value, '[')
+        UNION SELECT substr(value, 1, instr(value, ']')) FROM json_each(NEW.spaces)
+    ) WHERE token != '';
+END;
+CREATE TRIGGER IF NOT EXISTS objects_unspaced AFTER DELETE ON objects BEGIN
+    DELETE FROM space_tokens WHERE id = OLD.id;
+END;
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(body, tokenize = 'trigram');
+CREATE TRIGGER IF NOT EXISTS objects_searchable AFTER INSERT ON objects BEGIN
+    INSERT INTO search(rowid, body) VALUES (NEW.rowid, NEW.summary);
+END;
+CREATE TRIGGER IF NOT EXISTS objects_unsearchable AFTER DELETE ON objects BEGIN
+    DELETE FROM search WHERE rowid = OLD.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS names_searchable AFTER INSERT ON names BEGIN
+    UPDATE search SET body = body || char(10) || NEW.name WHERE rowid = (SELECT rowid FROM objects WHERE id = NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS names_unsearchable AFTER DELETE ON names BEGIN
+    UPDATE search SET body = (SELECT summary FROM objects WHERE id = OLD.id)
+        || coalesce((SELECT char(10) || group_concat(name, char(10)) FROM names WHERE id = OLD.id), '')
+        WHERE rowid = (SELECT rowid FROM objects WHERE id = OLD.id);
+END;
+"""
+# Fills the space and text indexes from the index itself (a library made before them, or a reindex).
+REBUILD_SEARCH = """
+DELETE FROM space_tokens;
+INSERT OR IGNORE INTO space_tokens SELECT id, token, created FROM (
+    SELECT o.id, o.created, substr(j.value, 1, instr(j.value, '[') - 1) AS token
+        FROM objects o, json_each(CASE WHEN json_valid(o.spaces) THEN o.spaces ELSE '{}' END) j
+    UNION SELECT o.id, o.created, substr(j.value, instr(j.value, '[') + 1, instr(j.value, ']') - instr(j.value, '[') - 1)
+        FROM objects o, json_each(CASE WHEN json_valid(o.spaces) THEN o.spaces ELSE '{}' END) j
+        WHERE instr(j.value, ']') > instr(j.value, '[')
+    UNION SELECT o.id, o.created, substr(j.value, 1, instr(j.value, ']'))
+        FROM objects o, json_each(CASE WHEN json_valid(o.spaces) THEN o.spaces ELSE '{}' END) j
+) WHERE token != '';
+DELETE FROM search;
+INSERT INTO search(rowid, body) SELECT o.rowid, o.summary
+    || coalesce((SELECT char(10) || group_concat(name, char(10)) FROM names n WHERE n.id = o.id), '') FROM objects o;
 """
 
 
@@ -212,6 +265,17 @@ def _json(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a SQL script (a trigger's body stays whole), to run inside one transaction."""
+    out, pending = [], ""
+    for line in script.strip().splitlines():
+        pending += line + "\n"
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    return out
+
+
 def _like(text: str) -> str:
     """Text for a LIKE pattern, matched literally (escape character: backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -258,6 +322,13 @@ class Library:
             if self.db.execute("SELECT 1 FROM counts LIMIT 1").fetchone() is None:
                 with self._tx() as db:  # counts start from the index itself, in a library made before them
                     db.execute("INSERT INTO counts SELECT kind, count(*) FROM objects GROUP BY kind")
+            fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'search'").fetchone() is None
+            with self._tx() as db:
+                for statement in _statements(SEARCH):
+                    db.execute(statement)
+                if fresh:  # a library made before the space and text indexes
+                    for statement in _statements(REBUILD_SEARCH):
+                        db.execute(statement)
         except (OSError, sqlite3.Error) as exc:
             raise StudioError(f"cannot open the library at {self.home}: {exc}") from None
 
@@ -424,21 +495,24 @@ class Library:
     def ls(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
            space: str | None = None, text: str | None = None, limit: int | None = None,
            ids: list[str] | None = None, after: str | None = None, since: float | None = None,
-           until: float | None = None) -> list[Record]:
+           until: float | None = None, name: str | None = None) -> list[Record]:
         """Index rows, newest first, filtered without opening a single object file.
 
-        ``limit`` rows at most; ``after`` (a ``Record.cursor``) goes on from where a page ended, so
-        a page costs the same deep in a million objects as at the top; ``since``/``until`` (Unix
-        times) keep objects created in [since, until).
+        ``space`` is a space's kind (``gan-w``), family (``vae-35f64b0e``) or both (``gan-w[sg-1a2b]``);
+        ``text`` is found in prompts, expressions, methods, names and id prefixes; ``name`` is a name
+        prefix. ``limit`` rows at most; ``after`` (a ``Record.cursor``) goes on from where a page
+        ended, so a page costs the same deep in a million objects as at the top; ``since``/``until``
+        (Unix times) keep objects created in [since, until).
         """
         if limit is not None:
             check_int(limit, "limit", 1)
-        # a tag's own rows, newest first, drive a tag's listing; otherwise the objects' (see UPKEEP)
-        where, args = self._filters(kind, None, model, space, text, ids)
-        source, order = ("tags k JOIN objects o ON o.id = k.id", "k") if tag else ("objects o", "o")
-        if tag:
-            where.insert(0, "k.tag = ?")
-            args.insert(0, tag)
+        # a tag's or a space's own rows, newest first, drive its listing; otherwise the objects' (see UPKEEP)
+        source, order, drive = self._source(tag, space)
+        where, args = self._filters(kind, None if drive else tag, model, space if drive == "tag" else None,
+                                    text, ids, name)
+        if drive:
+            where.insert(0, f"k.{drive if drive == 'tag' else 'token'} = ?")
+            args.insert(0, tag if drive == "tag" else space)
         if after is not None:
             created, last = parse_cursor(after)
             where.append(f"{order}.created <= ? AND ({order}.created < ? OR {order}.id > ?)")
@@ -459,20 +533,38 @@ class Library:
                        tuple(sorted(r[8].split("\x1f"))) if r[8] else (), _json(r[6]))
                 for r in self.db.execute(sql, args)]
 
+    @staticmethod
+    def _source(tag: str | None, space: str | None) -> tuple[str, str, str | None]:
+        """What a listing walks: (FROM clause, the alias whose time orders it, which filter drives it)."""
+        if tag:
+            return "tags k JOIN objects o ON o.id = k.id", "k", "tag"
+        if space:
+            return "space_tokens k JOIN objects o ON o.id = k.id", "k", "space"
+        return "objects o", "o", None
+
     def count(self, kind: str | None = None, tag: str | None = None, model: str | None = None,
-              space: str | None = None, text: str | None = None) -> int:
+              space: str | None = None, text: str | None = None, name: str | None = None,
+              since: float | None = None, until: float | None = None) -> int:
         """How many objects ``ls`` with these filters would list, counted in the index."""
-        if not (tag or model or space or text):  # the kept counts (see UPKEEP)
+        if since is not None or until is not None:  # a time range: counted on the time index
+            where, args = self._filters(kind, tag, model, space, text, None, name)
+            for bound, op in ((since, ">="), (until, "<")):
+                if bound is not None:
+                    where.append(f"o.created {op} ?")
+                    args.append(float(bound))
+            return self.db.execute("SELECT count(*) FROM objects o WHERE " + " AND ".join(where), args).fetchone()[0]
+        if not (tag or model or space or text or name):  # the kept counts (see UPKEEP)
             sql = "SELECT coalesce(sum(n), 0) FROM counts" + (" WHERE kind = ?" if kind else "")
             return self.db.execute(sql, [kind] if kind else []).fetchone()[0]
-        if tag and not (kind or model or space or text):  # the tag's own index holds the answer
+        if tag and not (kind or model or space or text or name):  # the tag's own index holds the answer
             return self.db.execute("SELECT count(*) FROM tags WHERE tag = ?", (tag,)).fetchone()[0]
-        where, args = self._filters(kind, tag, model, space, text, None)
+        if space and not (kind or model or tag or text or name):  # and the space's its
+            return self.db.execute("SELECT count(*) FROM space_tokens WHERE token = ?", (space,)).fetchone()[0]
+        where, args = self._filters(kind, tag, model, space, text, None, name)
         sql = "SELECT count(*) FROM objects o" + (" WHERE " + " AND ".join(where) if where else "")
         return self.db.execute(sql, args).fetchone()[0]
 
-    @staticmethod
-    def _filters(kind, tag, model, space, text, ids) -> tuple[list[str], list[Any]]:
+    def _filters(self, kind, tag, model, space, text, ids, name=None) -> tuple[list[str], list[Any]]:
         """SQL conditions (on ``objects o``) and their arguments for the listing filters."""
         where, args = [], []
         if ids is not None:
@@ -485,17 +577,39 @@ class Library:
             where.append("o.model = ?")
             args.append(model)
         if space:
-            where.append("o.spaces LIKE ? ESCAPE '\\'")
-            args.append(f"%{_like(space)}%")
+            where.append("EXISTS (SELECT 1 FROM space_tokens s2 WHERE s2.id = o.id AND s2.token = ?)")
+            args.append(space)
         if tag:
             where.append("EXISTS (SELECT 1 FROM tags t2 WHERE t2.id = o.id AND t2.tag = ?)")
             args.append(tag)
-        if text:  # literal text: % and _ in it are not wildcards
-            where.append("(o.summary LIKE ? ESCAPE '\\' OR o.id LIKE ? ESCAPE '\\' OR EXISTS "
-                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ? ESCAPE '\\'))")
-            t = _like(text)
-            args += [f"%{t}%", f"{t}%", f"%{t}%"]
+        if name:  # a prefix: a range of the names' own key (the cost follows the names it matches)
+            where.append("o.id IN (SELECT id FROM names WHERE name >= ? AND name < ?)")
+            args += [name, name + "\U0010ffff"]
+        if text:
+            found, found_args = self._text_search(text)
+            where.append(found)
+            args += found_args
         return where, args
+
+    @staticmethod
+    def _text_search(text: str) -> tuple[str, list[Any]]:
+        """The condition (on ``objects o``) for objects whose summary or names hold ``text``, or whose id starts so.
+
+        Three characters or more are looked up as a phrase of the trigram index (quoted: the text is
+        matched literally, case-insensitively), so a search reads the objects that hold the text;
+        shorter text is matched with LIKE on each object's row.
+        """
+        if len(text) >= 3:
+            condition, args = "o.rowid IN (SELECT rowid FROM search WHERE search MATCH ?)", ['"' + text.replace('"', '""') + '"']
+        else:
+            pattern = f"%{_like(text)}%"
+            condition = ("(o.summary LIKE ? ESCAPE '\\' OR EXISTS "
+                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ? ESCAPE '\\'))")
+            args = [pattern, pattern]
+        prefix = text.lower()
+        if ID_PREFIX.fullmatch(prefix):  # an id prefix: a range of the objects' own key
+            return f"({condition} OR (o.id >= ? AND o.id <= ?))", [*args, prefix, prefix + "g"]
+        return condition, args
 
     def record(self, ref: str) -> Record:
         rows = self.ls(ids=[self.resolve(ref)])
@@ -564,6 +678,12 @@ class Library:
         if kept != actual:
             problems.append(f"the kept counts {kept} differ from the index's {actual} "
                             "('studio latents check --repair' recounts)")
+        stray = self.db.execute("SELECT count(*) FROM search WHERE rowid NOT IN (SELECT rowid FROM objects)").fetchone()[0]
+        unsearchable = self.db.execute(
+            "SELECT count(*) FROM objects WHERE rowid NOT IN (SELECT rowid FROM search)").fetchone()[0]
+        if stray or unsearchable:
+            problems.append(f"the text index misses {unsearchable} objects and holds {stray} rows of none "
+                            "('studio latents check --repair' rebuilds it)")
         problems += sorted(self._stray_files(indexed))
         return problems
 
@@ -612,6 +732,8 @@ class Library:
             db.execute("DELETE FROM tags WHERE id NOT IN (SELECT id FROM objects)")
             db.execute("DELETE FROM counts")
             db.execute("INSERT INTO counts SELECT kind, count(*) FROM objects GROUP BY kind")
+            for statement in _statements(REBUILD_SEARCH):  # the space and text indexes, afresh
+                db.execute(statement)
         stale = time.time() - STALE_TMP_SECONDS  # a newer one may be another process's write in progress
         for tmp in self.objects_dir.glob("*/.*.tmp"):
             with contextlib.suppress(OSError):

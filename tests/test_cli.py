@@ -350,5 +350,24 @@ def test_latents_ls_keeps_the_objects_of_a_time_range(tmp_path):
     lib.close()
     out = studio(home, "latents", "ls", "--since", "2026-11-02", "--until", "2026-11-04").stdout.splitlines()
     assert [line.split()[0] for line in out] == [ids[2][:12], ids[1][:12]]  # newest first
+    paged = studio(home, "latents", "ls", "--since", "2026-11-02", "--limit", "1")
+    assert paged.stderr.startswith("1 of 3 shown")  # the count keeps the time range too
     err = studio(home, "latents", "ls", "--since", "yesterday\nerror: x", code=2).stderr.strip()
     assert err.startswith("error: --since 'yesterday\\nerror: x' is not a date") and "\n" not in err
+
+
+def test_latents_ls_filters_by_name_prefix_and_space(tmp_path):
+    from conftest import OTHER, noise_latent
+    from studio.store import Library
+
+    home = tmp_path / "home"
+    lib = Library(home)
+    frames = [lib.put(noise_latent(i), name=f"frame-{i}") for i in range(3)]
+    z = lib.put(noise_latent(9, OTHER), name="frog")
+    lib.close()
+    out = studio(home, "latents", "ls", "--name", "frame-", "--limit", "2")
+    assert [line.split()[0] for line in out.stdout.splitlines()] == [frames[2][:12], frames[1][:12]]
+    assert out.stderr.startswith("2 of 3 shown")
+    assert [line.split()[0] for line in studio(home, "latents", "ls", "--name", "fr", "--space", "gan-z").stdout
+            .splitlines()] == [z[:12]]
+    assert studio(home, "latents", "ls", "--space", "gan").stdout == ""  # a whole kind, not a piece of one

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import NOISE, generation, noise_latent, vector
+from conftest import NOISE, OTHER, generation, noise_latent, vector
 from studio import formats
 from studio.errors import StudioError
 from studio.objects import Latent, Lineage
@@ -499,3 +499,67 @@ def test_check_reads_each_object_once_and_says_how_far_it_is(session, monkeypatc
     (lib.objects_dir / ids[0][:2] / "notes.txt").write_text("x")
     assert sorted(lib.check()) == [f"objects/{ids[0][:2]}/notes.txt: not an object file of this library",
                                    "objects/stray.txt: not an object file of this library"]
+
+
+# ---- space, name and text filters by their own indexes ----
+
+def test_space_filters_take_a_kind_a_family_or_both_and_page_by_their_rows(session):
+    lib = session.library
+    latents = [lib.put(noise_latent(i)) for i in range(5)]
+    others = [lib.put(noise_latent(i, OTHER)) for i in range(3)]
+    g = lib.put(generation(7))
+    newest_first = lambda ids: [r.id for r in lib.ls() if r.id in ids]  # noqa: E731
+    for space in ("noise", "vae-test0001", "noise[vae-test0001]"):
+        assert [r.id for r in lib.ls(space=space)] == newest_first({*latents, g}), space
+        assert lib.count(space=space) == 6
+    assert [r.id for r in lib.ls(space="text")] == [g] and lib.count(space="text-test0001") == 1
+    assert [r.id for r in lib.ls(space="gan-z")] == newest_first(set(others))
+    assert lib.ls(space="vae") == [] and lib.ls(space="noise[vae-test0001](4x2x2)") == []  # whole tokens only
+    pages, after = [], None
+    while page := lib.ls(space="noise", limit=2, after=after):
+        pages += [r.id for r in page]
+        after = page[-1].cursor
+    assert pages == newest_first({*latents, g})
+    lib.tag(latents[1], "pick")
+    assert [r.id for r in lib.ls(space="noise", tag="pick")] == [latents[1]]
+    assert lib.count(space="noise", kind="generation") == 1
+    lib.remove(latents[0])
+    assert lib.count(space="noise") == 5 and lib.check() == []
+
+
+def test_name_filters_take_a_prefix_and_text_is_found_in_prompts_names_and_ids(session):
+    lib = session.library
+    a = lib.put(generation(1), name="frame-001")
+    b = lib.put(generation(2), name="frame-002")
+    c = lib.put(generation(3), name="cat")
+    assert [r.id for r in lib.ls(name="frame-")] == [b, a] and lib.count(name="frame") == 2
+    assert lib.ls(name="rame") == [] and [r.id for r in lib.ls(name="c")] == [c]
+    assert [r.id for r in lib.ls(text="FRAME-00")] == [b, a]  # case-insensitive, inside a name
+    assert [r.id for r in lib.ls(text="p3")] == [c] and lib.ls(text='p3" OR "p1') == []  # the text is literal
+    assert [r.id for r in lib.ls(text=c[:6])] == [c]  # an id prefix
+    lib.name(a, "dog-on-a-skateboard")
+    assert [r.id for r in lib.ls(text="skateboard")] == [a] and lib.count(text="skate") == 1
+    lib.remove("dog-on-a-skateboard")  # one of two names: the object stays, the name is no longer found
+    assert lib.ls(text="skateboard") == [] and [r.id for r in lib.ls(text="frame-001")] == [a]
+    lib.remove(b)
+    assert lib.ls(text="frame-002") == [] and lib.check() == []
+
+
+def test_a_library_made_before_the_space_and_text_indexes_gains_them_when_opened(tmp_path):
+    import sqlite3
+
+    lib = Library(tmp_path / "home")
+    ids = [lib.put(generation(i), name=f"old-{i}") for i in range(3)]
+    lib.close()
+    db = sqlite3.connect(tmp_path / "home" / "index.sqlite")
+    db.executescript("DROP TABLE search; DROP TABLE space_tokens;")
+    db.close()
+    again = Library(tmp_path / "home")
+    assert [r.id for r in again.ls(text="old-1")] == [ids[1]] and again.count(space="text") == 3
+    assert again.check() == []
+    with again._tx() as db:  # a damaged text index is found by check and rebuilt by repair
+        db.execute("DELETE FROM search WHERE rowid = (SELECT rowid FROM objects WHERE id = ?)", (ids[0],))
+    assert any(p.startswith("the text index misses 1 objects") for p in again.check())
+    again.reindex()
+    assert again.check() == [] and [r.id for r in again.ls(text="old-0")] == [ids[0]]
+    again.close()
