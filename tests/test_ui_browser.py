@@ -218,6 +218,24 @@ def test_click_through_every_tab(page, shots, home_session):
     expect(images(page, "lib-gallery")).to_have_count(shown - 1)
     expect(page.locator("#lib-confirm")).to_be_hidden()
 
+    # ... a page at a time: more objects than a page, and the next page, and back
+    from conftest import noise_latent
+
+    for i in range(70):
+        home_session.library.put(noise_latent(5000 + i), name=f"pg-{i}")
+    total = len(home_session.library)
+    page.click("#lib-search-btn")
+    expect(page.locator("#lib-footer")).to_have_text(f"Objects 1–60 of {total}, newest first")
+    expect(page.locator("#lib-table")).to_contain_text("pg-69")
+    page.click("#lib-older")
+    expect(page.locator("#lib-footer")).to_have_text(f"Objects 61–{total} of {total}, newest first")
+    expect(page.locator("#lib-table")).not_to_contain_text("pg-69")
+    expect(page.locator("#lib-older")).to_be_disabled()
+    page.screenshot(path=str(shots / "2-library-page-2.png"), full_page=True)
+    page.click("#lib-newer")
+    expect(page.locator("#lib-footer")).to_have_text(f"Objects 1–60 of {total}, newest first")
+    expect(page.locator("#lib-newer")).to_be_disabled()
+
 
 def folder_studio(browser, tmp_path_factory, name: str, pipe):
     """Another studio, started on a tiny pipeline saved as a folder, as `studio ui --model FOLDER` would be."""

@@ -151,8 +151,11 @@ def test_output_paths_never_leave_the_outputs_folder(studio, pair):
 
 
 def test_library_view_details_and_delete(studio, pair):
-    gallery, table, gen_ids, other_ids = studio.library_view(None, None, "animal", None, progress=None)
+    gallery, table, gen_ids, other_ids, footer, following = studio.library_view(None, None, "animal", None,
+                                                                                 progress=None)
     assert set(pair) <= set(gen_ids) and all(p.endswith(".png") for p, _ in gallery)
+    assert footer == f"Objects 1–{len(gen_ids) + len(other_ids)} of {len(gen_ids) + len(other_ids)}, newest first"
+    assert following is None
     info, parents, parent_ids, picture = studio.details("quarter")
     assert parent_ids == pair and len(parents) == 2 and picture.endswith(".png")
     assert info["lineage"]["op"] == "lerp"
@@ -333,3 +336,39 @@ def test_generate_drops_guidance_for_a_model_that_takes_none(studio):
     assert "guidance" not in studio.session.get(ids[0]).settings
     _, dev, _ = studio.generate("tiny-flux", "a cat", 1, 1, STEPS, 2.5, None, "", progress=None)
     assert dev[0]["settings"]["guidance"] == 2.5
+
+
+def test_progress_updates_are_spaced_but_the_first_and_last_steps_always_go_out(monkeypatch):
+    from studio.ui import handlers
+
+    clock = iter([0.0, 0.01, 0.02, 0.25, 0.26, 0.3])  # seconds at each of six steps
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: next(clock))
+    sent = []
+    report = handlers.step_callback(lambda value, desc, unit: sent.append(value), "rendering")
+    for done in range(1, 7):
+        report(done, 6)
+    assert sent == [(1, 6), (4, 6), (6, 6)]  # step 4 is the first 0.2 s after step 1
+
+
+def test_library_pages_go_on_by_cursor_and_say_where_they_are(studio, monkeypatch):
+    from conftest import noise_latent
+    from studio.ui import handlers
+
+    monkeypatch.setattr(handlers, "LIBRARY_PAGE", 4)
+    lib = studio.session.library
+    ids = [lib.put(noise_latent(i), tags=["paged"]) for i in range(10)]
+    newest_first = [r.id for r in lib.ls(tag="paged")]
+    seen, after, page = [], None, 1
+    while True:
+        _, table, _, other_ids, footer, after = studio.library_view(None, None, "paged", None, after, page, progress=None)
+        seen += other_ids
+        first = (page - 1) * 4 + 1
+        assert footer == f"Objects {first}–{first + len(other_ids) - 1} of 10, newest first"
+        if after is None:
+            break
+        page += 1
+    assert seen == newest_first and sorted(seen) == sorted(ids) and page == 3
+    *_, footer, after = studio.library_view(None, None, "paged", "no such text", progress=None)
+    assert footer == "Nothing matches these filters" and after is None
+    with pytest.raises(gr.Error, match="invalid cursor"):
+        studio.library_view(None, None, "paged", None, "nonsense", 2, progress=None)

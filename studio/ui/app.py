@@ -124,6 +124,12 @@ def build(studio: Studio) -> gr.Blocks:
                                                           "id"], interactive=False, label="Latents and vectors",
                                                  max_height=220, wrap=True, elem_id="lib-table",
                                                  column_widths=["14%", "9%", "25%", "12%", "18%", "10%", "12%"])
+                        with gr.Row(equal_height=True):
+                            lib_newer = gr.Button("‹ Newer", size="sm", min_width=80, interactive=False,
+                                                  elem_id="lib-newer")
+                            lib_footer = gr.Markdown("", elem_classes="ls-hint", elem_id="lib-footer")
+                            lib_older = gr.Button("Older ›", size="sm", min_width=80, interactive=False,
+                                                  elem_id="lib-older")
                     with gr.Column(scale=2):
                         sel_id = gr.Textbox(label="Selected", interactive=False, elem_id="lib-selected")
                         preview = gr.Image(label="Picture", height=200, interactive=False, elem_id="lib-preview")
@@ -407,17 +413,37 @@ def build(studio: Studio) -> gr.Blocks:
         # for scripts: this session's last generated ids, read from its own gr.State
         gr.Button(visible=False).click(studio.last_results, gen_ids, gen_info, api_name="last_results")
 
-        # Library
-        lib_outputs = [lib_gallery, lib_table, lib_gen_ids, lib_other_ids]
+        # Library: a page at a time. This user's place is the cursors of the pages before the shown one
+        # (``lib_pages``, the first None) and the next page's (``lib_next``); new filters start over.
+        lib_pages, lib_next = gr.State([None]), gr.State(None)
+        lib_outputs = [lib_gallery, lib_table, lib_gen_ids, lib_other_ids, lib_footer, lib_next, lib_pages,
+                       lib_newer, lib_older]
         lib_inputs = [f_model, f_space, f_tag, f_text]
+
+        def show_page(filters: tuple, pages: list, progress: Any) -> tuple:
+            *shown, footer, following = studio.library_view(*filters, pages[-1], len(pages), progress=progress)
+            return (*shown, footer, following, pages, gr.update(interactive=len(pages) > 1),
+                    gr.update(interactive=following is not None))
+
+        def library_view(model_f, space_f, tag_f, text_f, progress=gr.Progress()) -> tuple:
+            return show_page((model_f, space_f, tag_f, text_f), [None], progress)
+
+        def older(model_f, space_f, tag_f, text_f, pages, following, progress=gr.Progress()) -> tuple:
+            return show_page((model_f, space_f, tag_f, text_f), [*pages, following] if following else pages, progress)
+
+        def newer(model_f, space_f, tag_f, text_f, pages, progress=gr.Progress()) -> tuple:
+            return show_page((model_f, space_f, tag_f, text_f), pages[:-1] or [None], progress)
+
         # library views run one at a time, in the order asked, so the last filter asked for is the one shown
         # (a search right after opening the tab never lands before the tab's own, unfiltered, view)
         in_order: dict[str, Any] = {"concurrency_id": "library-view", "concurrency_limit": 1}
-        tab_library.select(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
-        search.click(studio.library_view, lib_inputs, lib_outputs, api_name="library", **in_order)
-        f_text.submit(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+        tab_library.select(library_view, lib_inputs, lib_outputs, **in_order, **private)
+        search.click(library_view, lib_inputs, lib_outputs, api_name="library", **in_order)
+        f_text.submit(library_view, lib_inputs, lib_outputs, **in_order, **private)
         for f in (f_model, f_space, f_tag):
-            f.input(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+            f.input(library_view, lib_inputs, lib_outputs, **in_order, **private)
+        lib_older.click(older, [*lib_inputs, lib_pages, lib_next], lib_outputs, **in_order, **private)
+        lib_newer.click(newer, [*lib_inputs, lib_pages], lib_outputs, **in_order, **private)
         details_out = [meta, parents, parent_ids, preview]
 
         def pick_index(ids: list[str], evt: gr.SelectData) -> str:
@@ -440,18 +466,18 @@ def build(studio: Studio) -> gr.Blocks:
         cancel.click(lambda: gr.update(visible=False), None, confirm_row, **private)
         confirm.click(studio.delete, sel_id, sel_id, api_name="delete").then(
             lambda: (gr.update(visible=False), None, [], None), None, [confirm_row, meta, parents, preview],
-            **private).then(studio.library_view, lib_inputs, lib_outputs, **in_order, **private).then(
+            **private).then(library_view, lib_inputs, lib_outputs, **in_order, **private).then(
             studio.title, model, title, **quiet)
         # what an upload stored shows up in the library at once
         up_btn.click(studio.import_upload, [up_file, up_name, model], [up_info, up_recipe, preview],
                      api_name="import_file").then(studio.title, model, title, **quiet).then(
-            studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+            library_view, lib_inputs, lib_outputs, **in_order, **private)
         enc_btn.click(studio.encode_upload, [enc_image, enc_model, enc_name], enc_info, api_name="encode_image"
                       ).then(studio.title, model, title, **quiet).then(
-            studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+            library_view, lib_inputs, lib_outputs, **in_order, **private)
         inv_btn.click(studio.invert_upload, [inv_image, inv_model, inv_prompt, inv_steps, inv_name],
                       [inv_info, inv_picture, inv_line], api_name="invert_image").then(
-            studio.title, model, title, **quiet).then(studio.library_view, lib_inputs, lib_outputs, **in_order, **private)
+            studio.title, model, title, **quiet).then(library_view, lib_inputs, lib_outputs, **in_order, **private)
 
         # Interpolate
         interp.click(studio.interpolate, [keys, frames, method, easing, fps], [strip, gif, mp4, plan],

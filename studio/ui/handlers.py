@@ -41,7 +41,7 @@ MAX_UI_COUNT = 16  # generations per click
 MAX_FRAMES = 120
 MAX_KEYFRAMES = 16
 MAX_SWEEP = 16
-GALLERY_LIMIT = 60  # generations shown in the library gallery (newest first)
+LIBRARY_PAGE = 60  # objects in a page of the Library tab (newest first)
 CHOICES_LIMIT = 500  # objects offered in pickers
 VIDEO_MIN_SIDE = 256  # GIF/MP4 frames are upscaled to at least this many pixels
 EASINGS = {
@@ -98,11 +98,26 @@ def on_model_thread(fn: Callable) -> Callable:
     return wrapper
 
 
+PROGRESS_INTERVAL = 0.2  # seconds between progress updates sent to the page (tqdm's mininterval, in spirit)
+
+
 def step_callback(progress: Any, desc: str) -> Callable[[int, int], None] | None:
-    """A Session progress callback (done, total) feeding a gr.Progress (or any callable with its signature)."""
+    """A Session progress callback (done, total) feeding a gr.Progress (or any callable with its signature).
+
+    Updates go out at most every PROGRESS_INTERVAL seconds, and always for the first and the last
+    step: an update per denoising step costs the server and the page more than the bar is worth.
+    """
     if progress is None:
         return None
-    return lambda done, total: progress((done, total), desc=desc, unit="steps")
+    last = [-math.inf]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done in (0, 1, total) or now - last[0] >= PROGRESS_INTERVAL:
+            last[0] = now
+            progress((done, total), desc=desc, unit="steps")
+
+    return report
 
 
 def whole(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
@@ -415,15 +430,25 @@ class Studio:
 
     @shows_errors
     def library_view(self, model: str | None = None, space: str | None = None, tag: str | None = None,
-                     text: str | None = None, progress: Any = gr.Progress()
-                     ) -> tuple[list[tuple[str, str]], list[list[str]], list[str], list[str]]:
-        """Filtered library: (gallery of generations, table rows of latents/vectors, their ids)."""
+                     text: str | None = None, after: str | None = None, page: Any = 1, progress: Any = gr.Progress()
+                     ) -> tuple[list[tuple[str, str]], list[list[str]], list[str], list[str], str, str | None]:
+        """One page of the filtered library, newest first, read off the index a page at a time.
+
+        ``after`` is the cursor the page starts after (None: the newest), ``page`` its number (for
+        the footer). Returns (gallery of its generations, table rows of its latents and vectors,
+        their ids, a footer line, the cursor of the next page or None on the last).
+        """
         model, space, tag, text = (text_or_none(v, w) for v, w in ((model, "model"), (space, "space"),
                                                                    (tag, "tag"), (text, "search text")))
+        page = whole(page, "page", 1)
+        filters = {"tag": tag or None, "model": model or None, "space": space or None,
+                   "text": (text or "").strip() or None}
         with self._library:
-            rows = self.session.library.ls(tag=tag or None, model=model or None, space=space or None,
-                                           text=(text or "").strip() or None, limit=CHOICES_LIMIT)
-            gens = [r for r in rows if r.kind == "generation"][:GALLERY_LIMIT]
+            rows = self.session.library.ls(limit=LIBRARY_PAGE + 1, after=after or None, **filters)
+            more = len(rows) > LIBRARY_PAGE  # one row beyond the page says there is a next one
+            rows = rows[:LIBRARY_PAGE]
+            total = self.session.library.count(**filters) if more or page > 1 else len(rows)
+            gens = [r for r in rows if r.kind == "generation"]
             missing = [Stored(r.id, r.names[0] if r.names else None, self.session.library.get(r.id))
                        for r in gens if not (self.thumbs / f"{r.id}.png").is_file()]
         self._thumbs(missing, progress)  # renders what is not cached yet, in one batch per model
@@ -432,7 +457,11 @@ class Studio:
         table = [[r.label, r.kind, ", ".join(r.spaces.values()), r.model or "-",
                   str(r.summary.get("expr") or r.summary.get("method") or r.op or ""), " ".join(r.tags), r.short_id]
                  for r in others]
-        return gallery, table, [r.id for r in gens], [r.id for r in others]
+        first = (page - 1) * LIBRARY_PAGE + 1
+        footer = (f"Objects {first:,}–{first + len(rows) - 1:,} of {total:,}, newest first" if rows else
+                  "Nothing matches these filters" if any(filters.values()) else "The library is empty")
+        return (gallery, table, [r.id for r in gens], [r.id for r in others], footer,
+                rows[-1].cursor if more else None)
 
     @shows_errors
     def details(self, ref: str) -> tuple[dict[str, Any], list[tuple[str, str]], list[str], str | None]:
