@@ -563,3 +563,20 @@ def test_a_library_made_before_the_space_and_text_indexes_gains_them_when_opened
     again.reindex()
     assert again.check() == [] and [r.id for r in again.ls(text="old-0")] == [ids[0]]
     again.close()
+
+
+@pytest.mark.parametrize("window", [1, 3, 1000])
+def test_name_and_text_pages_are_the_same_whether_the_newest_rows_or_the_indexes_answer(session, monkeypatch, window):
+    from studio import store
+
+    monkeypatch.setattr(store, "WINDOW", window)
+    lib = session.library
+    for i in range(12):
+        lib.put(generation(300 + i), name=f"{'frame' if i % 3 else 'other'}-{i}")
+    for filters in ({"name": "frame-"}, {"name": "other"}, {"text": "frame"}, {"text": "p30"}, {"text": "OTHER-9"}):
+        whole = [r.id for r in lib.ls(**filters)]
+        pages, after = [], None
+        while page := lib.ls(limit=2, after=after, **filters):
+            pages += [r.id for r in page]
+            after = page[-1].cursor
+        assert pages == whole and whole, (window, filters)
