@@ -2,7 +2,9 @@
 
 The space check happens here, once, around the pure ops. On generations ops act role by
 role; ``slerp`` uses the spherical path only where a role holds a Gaussian draw (noise, gan-z)
-and the linear one elsewhere (text embeddings, w).
+and the linear one elsewhere (text embeddings, w, w+). ``mix`` (style mixing) works in w+ alone:
+turning z or w into w+ needs the model, so the expression evaluator lifts those first (see
+``Function.lift``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from studio import ops
 from studio.errors import SpaceMismatch, StudioError
 from studio.lazy import torch
 from studio.objects import Generation, Latent, Vector, check_finite
-from studio.space import Space, check_same
+from studio.space import GAN_ROLES, Space, check_same
 
 Value = float | Latent | Vector | Generation
 
@@ -25,6 +27,8 @@ DELTA_KINDS = ("hspace",)
 
 # Interpolation weights beyond this extrapolate so far that nothing recognisable is left.
 MAX_T = 1e6
+
+W_PLUS = GAN_ROLES["gan-w+"]  # the role of a generation in StyleGAN's extended latent, one w per layer
 
 
 def describe(x: Value) -> str:
@@ -228,6 +232,41 @@ def normalize(x: Value, norm: Value | None = None) -> Value:
     return one(x)
 
 
+def _w_plus(x: Value) -> Latent:
+    """The w+ latent that ``mix`` works on: a generation's only role, or a latent in a gan-w+ space."""
+    if isinstance(x, Generation):
+        if set(x.roles) == {W_PLUS} and x.roles[W_PLUS].space.kind == "gan-w+":
+            return x.roles[W_PLUS]
+        raise StudioError(f"mix needs generations in w+ (one w per layer); got {describe(x)}")
+    if isinstance(x, Latent) and x.space.kind == "gan-w+":
+        return x
+    raise StudioError(f"mix needs latents or generations in w+ (one w per layer); got {describe(x)}")
+
+
+def _mix_layer(k: Value, space: Space) -> int:
+    """The first layer taken from mix's second argument: a whole number from 1 to num_ws - 1."""
+    num_ws = space.shape[0]
+    if num_ws < 2:
+        raise StudioError(f"mix needs at least two layers to mix; {space} has one")
+    number = isinstance(k, (int, float)) and not isinstance(k, bool)
+    if not (number and math.isfinite(k) and k == int(k) and 1 <= k <= num_ws - 1):
+        got = f"{k:g}" if number else describe(k)
+        raise StudioError(f"mix's layer must be a whole number from 1 to {num_ws - 1} "
+                          f"(layers [0, k) come from the first argument), got {got}")
+    return int(k)
+
+
+def mix(a: Value, b: Value, layer: Value) -> Value:
+    """Style mixing of two w+ generations (or latents): layers [0, layer) from a, the rest from b."""
+    la, lb = _w_plus(a), _w_plus(b)
+    if isinstance(a, Generation) != isinstance(b, Generation):
+        raise StudioError(f"mix needs two generations or two latents, got {describe(a)} and {describe(b)}")
+    k = _mix_layer(layer, check_same([la.space, lb.space], "mix"))
+    if isinstance(a, Generation):
+        return _generation_op("mix", [a, b], lambda role, xs: _tensor_op(ops.mix_layers, xs, k))
+    return _tensor_op(ops.mix_layers, [la, lb], k)
+
+
 @dataclass(frozen=True)
 class Function:
     """An expression-language function: its implementation and parameter names (for messages)."""
@@ -236,6 +275,10 @@ class Function:
     params: tuple[str, ...]
     variadic: bool = False
     optional: int = 0  # how many trailing params may be left out
+    # the role its generation arguments must hold: the evaluator's lift callback turns the others into it
+    # first (z or w into w+ takes the model's mapping network, which the algebra does not know)
+    lift: str | None = None
+    integers: tuple[str, ...] = ()  # params that are whole numbers (recorded in lineage as such)
 
     def signature(self, name: str) -> str:
         return f"{name}({', '.join(self.params)}{', ...' if self.variadic else ''})"
@@ -250,4 +293,5 @@ FUNCTIONS: dict[str, Function] = {
     "scale": Function(scale, ("x", "k")),
     "mean": Function(mean, ("x",), variadic=True),
     "normalize": Function(normalize, ("x", "norm"), optional=1),
+    "mix": Function(mix, ("a", "b", "layer"), lift=W_PLUS, integers=("layer",)),
 }

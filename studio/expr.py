@@ -10,6 +10,9 @@ Grammar::
 
 ``@name`` (or ``@idprefix``) refers to a stored object; a bare identifier is a variable bound
 by a recipe sweep (``t``). Errors carry the position they were found at.
+
+A function that works in one role alone (``mix`` in w+) has its other generations lifted into
+that role first by a callback the caller gives (``lift``): the model knows how, the algebra not.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from studio import algebra
 from studio.checks import check_number, check_text
 from studio.errors import ExpressionError, StudioError
-from studio.objects import Lineage
+from studio.objects import Generation, Lineage
 
 MAX_LENGTH = 10_000  # longer input is refused before tokenizing
 MAX_DEPTH = 64  # nesting limit, so a hostile expression cannot exhaust the stack
@@ -272,13 +275,23 @@ _BINOPS = {"+": algebra.add, "-": algebra.sub, "*": algebra.scale, "/": algebra.
 _OP_NAMES = {"+": "add", "-": "sub", "*": "scale", "/": "div"}
 
 
-class Evaluator:
-    """Evaluates a parsed expression; ``lookup(name)`` returns the stored object an @name means."""
+Lift = Callable[[str, algebra.Value], algebra.Value]  # (role, generation) -> the generation in that role
 
-    def __init__(self, source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None):
+
+class Evaluator:
+    """Evaluates a parsed expression; ``lookup(name)`` returns the stored object an @name means.
+
+    ``lift(role, generation)``, where given, turns a generation argument of a function that works in one
+    role (``Function.lift``: w+ for mix) into that role when it lacks it; without it such arguments are
+    passed as they are, and the function says what it needs.
+    """
+
+    def __init__(self, source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None,
+                 *, lift: Lift | None = None):
         self.source = source
         self.lookup = lookup
         self.bindings = check_bindings(bindings)
+        self.lift = lift
 
     def fail(self, message: str, node: Node) -> ExpressionError:
         return ExpressionError(message, self.source, node.pos)
@@ -321,7 +334,12 @@ class Evaluator:
         if isinstance(node, BinOp):
             return self._at(node, _BINOPS[node.op], *args)
         if isinstance(node, Call):  # the parser checked the argument names and count
-            return self._at(node, algebra.FUNCTIONS[node.fn].fn, *args)
+            f = algebra.FUNCTIONS[node.fn]
+            if f.lift is not None and self.lift is not None:
+                args = [self._at(arg_node, self.lift, f.lift, arg)
+                        if isinstance(arg, Generation) and f.lift not in arg.roles else arg
+                        for arg_node, arg in zip(_children(node), args, strict=True)]
+            return self._at(node, f.fn, *args)
         raise self.fail("cannot evaluate this", node)
 
     def _at(self, node: Node, fn: Callable, *args) -> algebra.Value:
@@ -357,18 +375,17 @@ def lineage_of(node: Node, source: str, parent_ids: list[str], evaluated_params:
     params = {"expr": source}
     if isinstance(node, Call):
         f = algebra.FUNCTIONS[node.fn]
-        for name, arg in zip(f.params, node.args):
+        for name, arg in [*zip(f.params, node.args), *node.kwargs]:
             if isinstance(arg, Num):
-                params[name] = arg.value
-        for name, arg in node.kwargs:
-            if isinstance(arg, Num):
-                params[name] = arg.value
+                whole = name in f.integers and float(arg.value).is_integer()
+                params[name] = int(arg.value) if whole else arg.value
     used = variables(node)
     params.update({k: v for k, v in check_bindings(evaluated_params).items() if k in used and k != "expr"})
     return Lineage(op, params, tuple(parent_ids))
 
 
-def evaluate(source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None):
-    """Parse and evaluate ``source``; returns (value, tree)."""
+def evaluate(source: str, lookup: Callable[[str], algebra.Value], bindings: dict[str, float] | None = None,
+             *, lift: Lift | None = None):
+    """Parse and evaluate ``source``; returns (value, tree). ``lift``: see ``Evaluator``."""
     tree = parse(source)
-    return Evaluator(source, lookup, bindings).eval(tree), tree
+    return Evaluator(source, lookup, bindings, lift=lift).eval(tree), tree

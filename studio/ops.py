@@ -82,3 +82,32 @@ def blend(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     if n == 0:
         return mixed.to(a.dtype)
     return (mixed * (target / n)).to(a.dtype)
+
+
+def mix_layers(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """Style mixing (Karras et al. 2019): layers [0, k) of [..., num_ws, w_dim] from a, layers [k, num_ws) from b."""
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(f"style mixing needs two [..., num_ws, w_dim] tensors of one shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if not 0 <= k <= a.shape[-2]:
+        raise ValueError(f"the mixing layer must be from 0 to {a.shape[-2]}, got {k}")
+    return torch.cat([a[..., :k, :], b[..., k:, :]], dim=-2)
+
+
+def sefa(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenvectors [k, w_dim] and eigenvalues [k] of A^T A, A = stacked style weights [S, w_dim].
+
+    SeFa: Shen & Zhou 2021, "Closed-Form Factorization of Latent Semantics in GANs". Directions have
+    unit norm, eigenvalues descend, and each direction's largest-magnitude component is positive.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"SeFa needs a [S, w_dim] weight matrix, got shape {tuple(weight.shape)}")
+    w_dim = weight.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= w_dim:
+        raise ValueError(f"SeFa's k must be a whole number from 1 to {w_dim} (the latent's width), got {k!r}")
+    a = weight.double()
+    values, vectors = torch.linalg.eigh(a.T @ a)  # ascending; vectors in columns
+    values, vectors = values.flip(0)[:k], vectors.flip(1)[:, :k].T  # [k], [k, w_dim]
+    peak = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True))  # [k, 1]
+    vectors = vectors * torch.where(peak < 0, -1.0, 1.0).to(vectors.dtype)
+    return vectors.float(), values.clamp(min=0).float()

@@ -19,7 +19,11 @@ KINDS = {
     "hspace": False,  # denoiser bottleneck activations (UNet mid block, transformer middle block)
     "gan-z": True,  # StyleGAN input latent z ~ N(0, I)
     "gan-w": False,  # StyleGAN intermediate latent w = mapping(z)
+    "gan-w+": False,  # StyleGAN extended latent: one w per synthesis layer, shape (num_ws, w_dim)
 }
+
+# The role a GAN generation holds its one latent under, by the kind of space it is in.
+GAN_ROLES = {"gan-z": "z", "gan-w": "w", "gan-w+": "w+"}
 
 
 Part = tuple[str, tuple[int, ...]]  # (name, shape) of one piece of a packed tensor
@@ -47,6 +51,8 @@ class Space:
         object.__setattr__(self, "parts", parts)
         if parts and self.shape != (sum(math.prod(shape) for _, shape in parts),):
             raise StudioError(f"a packed space's shape must be the total length of its parts, not {self.shape}")
+        if self.kind == "gan-w+" and (parts or len(self.shape) != 2):
+            raise StudioError(f"a gan-w+ space's shape is (num_ws, w_dim), one w per layer; got {self.shape}")
 
     @classmethod
     def packed(cls, kind: str, family: str, parts: list[Part]) -> Space:
