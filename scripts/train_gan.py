@@ -1,9 +1,10 @@
-"""Train the embedded ``emoji-gan``: a class-conditional StyleGAN2-style generator on the emoji data set.
+"""Train the embedded ``emoji-gan``: a class-conditional StyleGAN2 generator on the emoji data set.
 
-    # the shipped run, in three resumed parts (see the model card), 90 minutes of training:
-    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --max-minutes 31
-    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --steps 30000 --stop-after 9000
-    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 2 --steps 40000 --max-minutes 90 --aux-weight 0.5
+    # the shipped recipe (see the model card), 90 minutes of training in two resumed parts:
+    # no auxiliary classifier up to step 9,000 (or 51 minutes, where the shipped run reached it),
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 1 --steps 30000 --stop-after 9000 --max-minutes 51
+    # then the auxiliary classifier loss until 90 minutes of training in all
+    flock /tmp/latent-train.lock python scripts/train_gan.py --threads 2 --steps 40000 --max-minutes 90 --aux-weight 0.5 --truncation 0.6
     python scripts/train_gan.py --export-only --truncation 1.0
     python scripts/train_gan.py --steps 50 --workdir /tmp/g --out /tmp/g/model   # a smoke run
     python scripts/train_gan.py --export-only      # re-export the last checkpoint (e.g. another --truncation)
@@ -13,8 +14,10 @@ What it does:
 * data: ``scripts/emoji_data.py`` (``load_emoji(split="train", size=32)``), both art styles mixed;
   batches are class-balanced over the 18 classes (9 categories x 2 styles), because People & Body
   alone holds more than half of the pictures.
-* model: ``pipelines.stylegan`` Generator (mapping z + class embedding -> w, tracked per-class
-  w averages) and a projection Discriminator, same config.
+* model: the StyleGAN2 generator of ``pipelines/stylegan_nets/sg2.py`` (``StyleGAN2Generator.create``,
+  the StyleGAN2-ADA layout: mapping z + embedded one-hot class -> w with tracked per-class w
+  averages, modulated convolutions, FIR-filtered upsampling, per-layer noise, skip ToRGBs) and the
+  projection Discriminator of ``pipelines/stylegan.py``, sized by the same resolution and channels.
 * loss: non-saturating logistic loss, lazy R1 on real pictures every ``--r1-every`` steps
   (Adam's lr and betas of D adjusted for the lazy interval, as in StyleGAN2), Adam(0, 0.99);
   optionally (``--aux-weight``) an auxiliary classifier loss (AC-GAN): D also classifies real
@@ -31,7 +34,11 @@ What it does:
   adherence every ``--eval-every`` steps when the emoji-judge is installed.
 * export: the EMA generator, its w averages recomputed exactly over many z per class, the
   prompt vocabulary (frequent words of the emoji names per category, style words) and the default
-  truncation, into ``--out`` (default ``pipelines/embedded/emoji-gan``) with ``samples.png``.
+  truncation, into ``--out`` (default ``pipelines/embedded/emoji-gan``) as a
+  ``latent-studio-stylegan2-v2`` folder (``pipelines/stylegan_nets/training.py``) with ``samples.png``.
+
+Checkpoints of the earlier generator (``pipelines/stylegan.py``) do not resume here: the default
+``--workdir`` is a new one.
 """
 
 from __future__ import annotations
@@ -57,7 +64,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from emoji_data import CATEGORIES, STYLES, label_arrays, load_emoji  # noqa: E402
-from pipelines.stylegan import Discriminator, Generator, GeneratorConfig, save_generator  # noqa: E402
+from pipelines.base import cpu_generator  # noqa: E402
+from pipelines.stylegan import Discriminator, GeneratorConfig  # noqa: E402
+from pipelines.stylegan_nets.sg2 import StyleGAN2Generator, StyleGAN2Settings, one_hot_classes  # noqa: E402
+from pipelines.stylegan_nets.training import exact_w_averages, save_sg2_folder  # noqa: E402
 
 NUM_CLASSES = len(CATEGORIES) * len(STYLES)  # class id = category * len(STYLES) + style
 STOPWORDS = set(
@@ -91,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="train", choices=["train", "all"], help="data split to train on")
     p.add_argument(
         "--workdir",
-        default=str(Path.home() / ".cache" / "latent-studio" / "runs" / "emoji-gan"),
-        help="checkpoints, log.jsonl, sample grids (default: ~/.cache/latent-studio/runs/emoji-gan)",
+        default=str(Path.home() / ".cache" / "latent-studio" / "runs" / "emoji-gan-sg2"),
+        help="checkpoints, log.jsonl, sample grids (default: ~/.cache/latent-studio/runs/emoji-gan-sg2)",
     )
     p.add_argument(
         "--out", default=str(ROOT / "pipelines" / "embedded" / "emoji-gan"), help="exported model folder"
@@ -115,8 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--factorized",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="class embeddings = class + category + style embeddings (G mapping and D projection); "
-        "experimental: the shipped model does not use it",
+        help="D's class projection = class + category + style vectors (G always embeds its one-hot class, "
+        "the StyleGAN2 interface); experimental: the shipped model does not use it",
     )
     p.add_argument("--channel-base", type=int, default=1024)
     p.add_argument("--channel-max", type=int, default=64)
@@ -154,7 +164,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def generator_config(args) -> GeneratorConfig:
+def generator_settings(args) -> StyleGAN2Settings:
+    return StyleGAN2Settings(
+        z_dim=args.z_dim,
+        w_dim=args.w_dim,
+        c_dim=NUM_CLASSES,
+        mapping_layers=args.mapping_layers,
+        mapping_lr_mul=args.mapping_lr_mul,
+        resolution=args.resolution,
+        channel_base=args.channel_base,
+        channel_max=args.channel_max,
+    )
+
+
+def discriminator_config(args) -> GeneratorConfig:
+    """The sizes of the discriminator (``pipelines.stylegan.Discriminator`` reads them from a GeneratorConfig)."""
     return GeneratorConfig(
         z_dim=args.z_dim,
         w_dim=args.w_dim,
@@ -302,6 +326,11 @@ def load_checkpoint(ckpt: Path, nets: dict, opts: dict, device) -> dict:
         if name == "D" and new and all(k.startswith("aux.") for k in new):  # aux head switched on now
             print(f"D: starting the auxiliary classifier head fresh ({', '.join(new)})", flush=True)
             net.load_state_dict(tensors, strict=False)
+        elif name != "D" and set(tensors) != set(net.state_dict()):
+            raise SystemExit(
+                f"{ckpt} holds another generator layout (the earlier pipelines/stylegan.py one?): "
+                "resume it with that version of this script, or start anew with --fresh or another --workdir"
+            )
         else:
             net.load_state_dict(tensors)
     for name, opt in opts.items():
@@ -361,13 +390,19 @@ def try_judge(device):
 
 @torch.no_grad()
 def judge_adherence(
-    judge, G: Generator, psi: float, per_class: int = 16, seed: int = 7, device="cpu"
+    judge, G: StyleGAN2Generator, psi: float, per_class: int = 16, seed: int = 7, device="cpu"
 ) -> dict:
     """Judge top-1 agreement with the requested category / style over ``per_class`` samples per class."""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(NUM_CLASSES * per_class, G.config.z_dim, generator=g).to(device)
+    z = torch.randn(NUM_CLASSES * per_class, G.z_dim, generator=g).to(device)
     c = torch.arange(NUM_CLASSES).repeat_interleave(per_class).to(device)
-    imgs = torch.cat([G(z[i : i + 256], psi, "const", c[i : i + 256]) for i in range(0, len(z), 256)])
+    onehot = one_hot_classes(c, NUM_CLASSES).to(device)
+    imgs = torch.cat(
+        [
+            G(z[i : i + 256], onehot[i : i + 256], truncation_psi=psi, noise_mode="const")
+            for i in range(0, len(z), 256)
+        ]
+    )
     # Judge what the studio shows: pixels rounded to uint8, then back to [-1, 1].
     imgs = ((imgs.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
     pred = judge.predict(imgs.float())
@@ -431,24 +466,19 @@ def all_labels(cache) -> list[dict]:
 
 
 @torch.no_grad()
-def exact_w_averages(G: Generator, per_class: int = 4096, seed: int = 1) -> None:
-    """Replace the tracked w averages by means over ``per_class`` fresh z per class (EMA mapping)."""
-    m = G.mapping
-    g = torch.Generator().manual_seed(seed)
-    dev = m.w_avg.device
-    for k in range(NUM_CLASSES):
-        z = torch.randn(per_class, G.config.z_dim, generator=g).to(dev)
-        m.w_avg_class[k] = m(z, 1.0, torch.full((per_class,), k, device=dev)).mean(0)
-    m.w_avg.copy_(m.w_avg_class.mean(0))
+def studio_samples(G: StyleGAN2Generator, seeds: list[int], class_id: int, psi: float) -> torch.Tensor:
+    """What the studio renders for ``seeds`` of one class: z drawn per seed on a CPU generator, w
+    truncated toward the class's centre, fixed noise. [N, 3, R, R] in [-1, 1]."""
+    z = torch.stack([torch.randn(G.z_dim, generator=cpu_generator(s)) for s in seeds])  # [N, z_dim]
+    c = one_hot_classes(torch.full((len(seeds),), class_id), NUM_CLASSES)
+    return G(z, c, truncation_psi=psi, noise_mode="const")
 
 
-def export(G_ema: Generator, args, step: int, seconds: float, metrics: dict | None) -> Path:
+def export(G_ema: StyleGAN2Generator, args, step: int, seconds: float, metrics: dict | None) -> Path:
     import copy
 
-    from pipelines.gan import GanAdapter
-
     G = copy.deepcopy(G_ema).cpu().float().eval()
-    exact_w_averages(G)
+    exact_w_averages(G, per_class=4096, seed=1)
     extra = {
         "labels": {
             "categories": CATEGORIES,
@@ -461,6 +491,7 @@ def export(G_ema: Generator, args, step: int, seconds: float, metrics: dict | No
         "default_settings": {"truncation": args.truncation},
         "training": {
             "script": "scripts/train_gan.py",
+            "generator": "pipelines/stylegan_nets/sg2.py",
             "steps": step,
             "batch": args.batch,
             "seconds": round(seconds),
@@ -470,15 +501,10 @@ def export(G_ema: Generator, args, step: int, seconds: float, metrics: dict | No
     if metrics:
         extra["training"]["judge"] = {k: metrics[k] for k in ("category_top1", "style_top1", "truncation")}
     out = Path(args.out)
-    save_generator(G, out, extra=extra)
-    # The model card's grid, through the adapter: exactly what `studio` renders at the default truncation.
-    adapter = GanAdapter.from_folder(out, spec="emoji-gan", device="cpu")
-    gens = []
-    for cat in CATEGORIES:
-        for sty in STYLES:
-            gens += adapter.sample(list(range(GRID_SEEDS)), category=cat, style=sty)
-    images = adapter.render(gens)
-    x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float() / 127.5 - 1
+    save_sg2_folder(G, out, extra=extra)
+    # The model card's grid: rows = categories, seeds 0-3 noto then twemoji, at the default truncation.
+    seeds = list(range(GRID_SEEDS))
+    x = torch.cat([studio_samples(G, seeds, class_id, args.truncation) for class_id in range(NUM_CLASSES)])
     save_grid(x, len(CATEGORIES), out / "samples.png", scale=2)
     return out
 
@@ -500,13 +526,14 @@ def main(argv=None) -> None:
     policy = [p for p in args.augment.split(",") if p]
 
     x_all, _, order, starts, counts, _ = load_data(args, device)
-    cfg = generator_config(args)
+    settings = generator_settings(args)
     ckpt = None if args.fresh else find_checkpoint(workdir)
     if args.aux_weight is None:
         trained = json.loads((ckpt / "state.json").read_text())["args"] if ckpt else {}
         args.aux_weight = float(trained.get("aux_weight") or 0.0)
-    G, D = Generator(cfg).to(device), Discriminator(cfg, aux=args.aux_weight > 0).to(device)
-    G_ema = Generator(cfg).to(device)
+    G = StyleGAN2Generator.create(settings).to(device)
+    D = Discriminator(discriminator_config(args), aux=args.aux_weight > 0).to(device)
+    G_ema = StyleGAN2Generator.from_settings(settings).to(device)
     G_ema.load_state_dict(G.state_dict())
     G.train(), D.train(), G_ema.eval().requires_grad_(False)
     ratio = args.r1_every / (args.r1_every + 1)  # lazy regularization: lr and betas as in StyleGAN2
@@ -536,7 +563,8 @@ def main(argv=None) -> None:
         flush=True,
     )
     judge = try_judge(device) if args.eval_every else None
-    grid_z, grid_c = grid_inputs(cfg.z_dim)
+    grid_z, grid_c = grid_inputs(settings.z_dim)
+    grid_c = one_hot_classes(grid_c, NUM_CLASSES)
     log = open(workdir / "log.jsonl", "a")
     stats = defaultdict(float)
     bar = tqdm(total=args.steps, initial=step, desc="emoji-gan", dynamic_ncols=True, mininterval=2.0)
@@ -547,9 +575,10 @@ def main(argv=None) -> None:
         # --- one D update, then one G update on the same fakes
         idx, c_real = class_balanced(args.batch, order, starts, counts)
         real, c_real = x_all[idx.to(device)], c_real.to(device)
-        z = torch.randn(args.batch, cfg.z_dim).to(device)
-        c_fake = torch.randint(0, NUM_CLASSES, (args.batch,)).to(device)
-        fake = G(z, 1.0, "random", c_fake)  # [B, 3, R, R]
+        z = torch.randn(args.batch, settings.z_dim).to(device)
+        c_fake = torch.randint(0, NUM_CLASSES, (args.batch,))
+        fake = G(z, one_hot_classes(c_fake, NUM_CLASSES).to(device), noise_mode="random")  # [B, 3, R, R]
+        c_fake = c_fake.to(device)
 
         do_r1 = args.r1_gamma > 0 and step % args.r1_every == 0
         real_aug = augment(real, policy).detach().requires_grad_(do_r1)
@@ -623,7 +652,7 @@ def main(argv=None) -> None:
             last, last_step = now, step
         if step % args.sample_every == 0 or step == args.steps:
             with torch.no_grad():
-                imgs = G_ema(grid_z.to(device), 1.0, "const", grid_c.to(device))
+                imgs = G_ema(grid_z.to(device), grid_c.to(device), noise_mode="const")
             save_grid(imgs, len(CATEGORIES), workdir / "samples" / f"step{step:06d}.png")
         if judge is not None and (step % args.eval_every == 0 or step == args.steps):
             metrics = judge_adherence(judge, G_ema, args.truncation, device=device)

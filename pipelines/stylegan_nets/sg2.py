@@ -1,4 +1,4 @@
-"""StyleGAN2 generators in plain torch, built from published network files.
+"""StyleGAN2 generators in plain torch, built from published network files or created fresh for training.
 
 Scope: ``StyleGAN2Generator``, the generator of Karras et al. 2020 (StyleGAN2) as laid out by
 NVIDIA's stylegan2-ada-pytorch (``training.networks.Generator``): a mapping network (z, optional class
@@ -9,6 +9,14 @@ from rosinality's stylegan2-pytorch ``g_ema`` weights (``from_rosinality``, whic
 the same layers: the maths of the two implementations coincide). Everything runs in float32; the
 fp16 settings of a pickle are ignored. Channel counts come from tensor shapes, resolutions from block
 names. ``load_stylegan(path)`` reads any supported file and returns the right generator.
+
+``StyleGAN2Generator.create(settings)`` makes a fresh, trainable 'skip' generator from a
+``StyleGAN2Settings``, initialised as StyleGAN2 does. While such a generator is in training mode its
+mapping tracks ``w_avg`` and, for a conditional generator, one average w per class (``w_avg_class``),
+and its synthesis takes the unfused modulated convolution (the official training path); truncation
+then pulls a w toward the centre of the class it was given. Networks read from files have no class
+centres and track nothing, so they behave exactly as before. ``pipelines/stylegan_nets/training.py``
+saves and loads created generators as a folder.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipelines.stylegan_nets import ops
@@ -46,7 +55,76 @@ class StyleGAN2Config:
     img_resolution: int  # output side in pixels
     img_channels: int  # output channels (3 for RGB)
     architecture: str  # 'skip', 'orig' or 'resnet'
-    source: str  # 'nvidia' (stylegan2-ada pickle) or 'rosinality' (stylegan2-pytorch checkpoint)
+    source: str  # 'nvidia' (stylegan2-ada pickle), 'rosinality' (stylegan2-pytorch checkpoint) or 'created'
+
+
+@dataclass(frozen=True)
+class StyleGAN2Settings:
+    """What ``StyleGAN2Generator.create`` builds: a StyleGAN2-ADA 'skip' generator, fresh weights.
+
+    The defaults are the official ones for a 1024 px network; small models set the sizes down.
+    """
+
+    z_dim: int = 512  # input latent size; z ~ N(0, I)
+    w_dim: int = 512  # intermediate latent size, the space where edits are most linear
+    c_dim: int = 0  # number of classes (c is one-hot [N, c_dim]); 0 = unconditional
+    embed_dim: int | None = None  # class embedding size, concatenated with z; None = w_dim (official)
+    mapping_layers: int = 8  # depth of the z -> w MLP; deeper disentangles more, trains slower
+    mapping_lr_mul: float = 0.01  # the mapping learns 100x slower than synthesis, so w drifts slowly
+    resolution: int = 1024  # output side in pixels, a power of two >= 4
+    img_channels: int = 3  # RGB
+    channel_base: int = 32768  # feature channels at resolution r are min(channel_base // r, channel_max) ...
+    channel_max: int = 512  # ... so that low resolutions do not explode in width
+    conv_clamp: float | None = None  # clamp conv outputs to +-this (official: 256 with fp16); None = no clamp
+    # How the blocks' outputs become the image: 'skip' (a ToRGB per block, images summed upward) is the
+    # only one created here. Not called 'architecture': a folder's config.json uses that name for its marker.
+    synthesis_architecture: str = "skip"
+    use_noise: bool = True  # per-pixel noise inputs, scaled by a learned strength per layer
+    w_avg_beta: float = 0.995  # decay of the running mean of w (and per-class means) tracked in training
+    noise_seed: int = 0  # seeds the fixed noise buffers, so 'const' rendering is reproducible
+
+    def __post_init__(self):
+        for name in ("z_dim", "w_dim", "c_dim", "mapping_layers", "resolution", "img_channels",
+                     "channel_base", "channel_max", "noise_seed"):
+            _check_int(getattr(self, name), name, minimum=0 if name in ("c_dim", "noise_seed") else 1)
+        if self.embed_dim is not None:
+            _check_int(self.embed_dim, "embed_dim", minimum=1)
+        for name in ("mapping_lr_mul", "w_avg_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise StudioError(f"StyleGAN2 setting {name} must be a number, not {value!r}")
+        if self.mapping_lr_mul <= 0 or not 0 <= self.w_avg_beta <= 1:
+            raise StudioError(f"StyleGAN2 settings need mapping_lr_mul > 0 and w_avg_beta in [0, 1], got "
+                              f"{self.mapping_lr_mul!r} and {self.w_avg_beta!r}")
+        clamp = self.conv_clamp
+        if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, int | float) or not clamp > 0):
+            raise StudioError(f"StyleGAN2 setting conv_clamp must be None or a positive number, not {clamp!r}")
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise StudioError(f"StyleGAN2 resolution must be a power of two >= 4, not {self.resolution}")
+        if self.synthesis_architecture != "skip":
+            raise StudioError("a created StyleGAN2 generator has the 'skip' architecture, "
+                              f"not {self.synthesis_architecture!r}")
+        if not isinstance(self.use_noise, bool):
+            raise StudioError(f"StyleGAN2 setting use_noise must be true or false, not {self.use_noise!r}")
+
+    def channels(self, res: int) -> int:
+        """Feature channels at resolution ``res``."""
+        return min(self.channel_base // res, self.channel_max)
+
+    @property
+    def resolutions(self) -> list[int]:
+        """The synthesis blocks' resolutions: 4, 8, ..., resolution."""
+        return [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """Synthesis inputs: one per convolution, plus the last ToRGB (the others share the next conv's)."""
+        return 2 * len(self.resolutions)
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StudioError(f"StyleGAN2 setting {name} must be an integer >= {minimum}, not {value!r}")
 
 
 def _tensor(module: PersistentModule, name: str) -> torch.Tensor:
@@ -74,6 +152,7 @@ class FullyConnectedLayer(nn.Module):
                  lr_multiplier: float = 1, weight_gain: float | None = None, bias_gain: float | None = None):
         super().__init__()
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.lr_multiplier = float(lr_multiplier)  # what fresh weights are divided by (``create``)
         default_wg, default_bg = ops.fc_gains(in_features, lr_multiplier)
         self.weight_gain = float(default_wg if weight_gain is None else weight_gain)
         self.bias_gain = float(default_bg if bias_gain is None else bias_gain)
@@ -93,25 +172,37 @@ class FullyConnectedLayer(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    """(z, c) -> ws [N, num_ws, w_dim]: normalised z (and embedded c) through an MLP, then truncation."""
+    """(z, c) -> ws [N, num_ws, w_dim]: normalised z (and embedded c) through an MLP, then truncation.
+
+    With ``w_avg_beta`` set (created generators) the mapping tracks, in training mode, the running
+    mean of w in ``w_avg`` and, with ``class_centres``, the running mean of each class's w in
+    ``w_avg_class`` [c_dim, w_dim]; truncation pulls a w toward the centre of the class it is given.
+    """
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, fcs: list[FullyConnectedLayer],
-                 embed: FullyConnectedLayer | None, truncate_below_one_only: bool = False):
+                 embed: FullyConnectedLayer | None, truncate_below_one_only: bool = False,
+                 w_avg_beta: float | None = None, class_centres: bool = False):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers = len(fcs)
         self.truncate_below_one_only = truncate_below_one_only  # rosinality ignores psi >= 1
+        self.w_avg_beta = w_avg_beta  # None: the centres stay as loaded, even in training mode
         if embed is not None:
             self.embed = embed
         for i, fc in enumerate(fcs):
             setattr(self, f"fc{i}", fc)
         self.register_buffer("w_avg", torch.zeros([w_dim]))  # [w_dim], the truncation centre
+        self.has_class_centres = bool(class_centres and c_dim > 0)
+        if self.has_class_centres:
+            self.register_buffer("w_avg_class", torch.zeros([c_dim, w_dim]))  # [c_dim, w_dim], per-class centres
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1,
                 truncation_cutoff: int | None = None) -> torch.Tensor:
         x = self.w_of(z, c)  # [N, w_dim]
+        if self.training and self.w_avg_beta is not None:
+            self._track_centres(x.detach(), c)
         ws = x.unsqueeze(1).repeat([1, self.num_ws, 1])  # [N, num_ws, w_dim]
-        return self.truncate(ws, truncation_psi, truncation_cutoff)
+        return self.truncate(ws, truncation_psi, truncation_cutoff, c)
 
     def w_of(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """One w per sample, before broadcasting and truncation. z: [N, z_dim]; c: [N, c_dim]."""
@@ -127,15 +218,35 @@ class MappingNetwork(nn.Module):
             x = getattr(self, f"fc{i}")(x)
         return x
 
-    def truncate(self, ws: torch.Tensor, truncation_psi: float = 1, truncation_cutoff: int | None = None
-                 ) -> torch.Tensor:
-        """Pull ws [N, num_ws, w_dim] toward ``w_avg`` by psi, in the first ``truncation_cutoff`` layers."""
+    @torch.no_grad()
+    def _track_centres(self, w: torch.Tensor, c: torch.Tensor | None) -> None:
+        """Move ``w_avg`` (and each class's centre seen in the batch) toward this batch's mean w [N, w_dim]."""
+        self.w_avg.copy_(w.mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        if not self.has_class_centres or c is None:
+            return
+        c = c.to(w.dtype)  # [N, c_dim], one-hot (a soft label counts toward each class by its weight)
+        counts = c.sum(dim=0)  # [c_dim]
+        seen = counts > 0
+        means = (c.t() @ w)[seen] / counts[seen, None]  # [seen, w_dim]
+        self.w_avg_class[seen] = means.lerp(self.w_avg_class[seen], self.w_avg_beta)
+
+    def truncate(self, ws: torch.Tensor, truncation_psi: float = 1, truncation_cutoff: int | None = None,
+                 c: torch.Tensor | None = None) -> torch.Tensor:
+        """Pull ws [N, num_ws, w_dim] toward the centre by psi, in the first ``truncation_cutoff`` layers.
+
+        The centre is ``w_avg``; a mapping with class centres given one-hot labels c [N, c_dim] pulls
+        each w toward its class's centre (``c @ w_avg_class``) instead.
+        """
         if truncation_psi == 1 or (self.truncate_below_one_only and truncation_psi > 1):
             return ws
+        centre = self.w_avg
+        if self.has_class_centres and c is not None:
+            _check_shape(c, (ws.shape[0], self.c_dim), "c")
+            centre = (c.to(self.w_avg_class.dtype) @ self.w_avg_class).unsqueeze(1)  # [N, 1, w_dim]
         if truncation_cutoff is None:
-            return self.w_avg.lerp(ws, truncation_psi)
+            return centre.lerp(ws, truncation_psi)
         ws = ws.clone()
-        ws[:, :truncation_cutoff] = self.w_avg.lerp(ws[:, :truncation_cutoff], truncation_psi)
+        ws[:, :truncation_cutoff] = centre.lerp(ws[:, :truncation_cutoff], truncation_psi)
         return ws
 
 
@@ -158,7 +269,8 @@ class SynthesisLayer(nn.Module):
             self.register_buffer("noise_const", torch.zeros([resolution, resolution]))  # [H, W]
             self.noise_strength = nn.Parameter(torch.zeros([]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1,
+                fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w)  # [N, I]
         noise = None
         if self.use_noise and noise_mode == "random":
@@ -167,7 +279,8 @@ class SynthesisLayer(nn.Module):
         if self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength  # [H, W]
         x = ops.modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                                 resample_filter=self.resample_filter, flip_weight=(self.up == 1))
+                                 resample_filter=self.resample_filter, flip_weight=(self.up == 1),
+                                 fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
@@ -193,9 +306,9 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain  # [N, I]
-        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
         return ops.bias_act(x, self.bias, clamp=self.conv_clamp)
 
     @classmethod
@@ -267,24 +380,25 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 + (conv0 is not None)
         self.num_torgb = int(torgb is not None)
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
+                fused_modconv: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         w_iter = iter(ws.unbind(dim=1))  # each [N, w_dim]
+        kw = {"noise_mode": noise_mode, "fused_modconv": fused_modconv}
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # [N, C, 4, 4]
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+            x = self.conv1(x, next(w_iter), **kw)
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), **kw)
+            x = self.conv1(x, next(w_iter), gain=math.sqrt(0.5), **kw)
             x = y + x
         else:
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+            x = self.conv0(x, next(w_iter), **kw)
+            x = self.conv1(x, next(w_iter), **kw)
         if img is not None:
             img = ops.upsample2d(img, self.resample_filter)  # [N, C_img, 2H, 2W]
         if self.num_torgb:
-            y = self.torgb(x, next(w_iter))
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
             img = img + y if img is not None else y
         return x, img
 
@@ -318,7 +432,13 @@ class SynthesisNetwork(nn.Module):
         self.img_channels = last.torgb.weight.shape[0]
         self.num_ws = sum(b.num_conv for b in blocks.values()) + last.num_torgb
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = True) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = True,
+                fused_modconv: bool | None = None) -> torch.Tensor:
+        """Images [N, img_channels, H, W] from ws [N, num_ws, w_dim]. ``fused_modconv`` None: one grouped
+        convolution per layer in eval mode, and in training mode the unfused form (same maths), whose
+        backward pass is cheaper, as the official training does."""
+        if fused_modconv is None:
+            fused_modconv = not self.training
         if noise_mode not in NOISE_MODES:
             raise StudioError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, not {noise_mode!r}")
         _check_shape(ws, (ws.shape[0], self.num_ws, self.w_dim), "ws")
@@ -328,7 +448,7 @@ class SynthesisNetwork(nn.Module):
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)  # [N, k, w_dim]
-            x, img = block(x, img, block_ws, noise_mode)
+            x, img = block(x, img, block_ws, noise_mode, fused_modconv)
             w_idx += block.num_conv
         return img
 
@@ -368,11 +488,15 @@ class StyleGAN2Generator(nn.Module):
 
     ``G.mapping(z, c, truncation_psi=1, truncation_cutoff=None)`` gives ws [N, num_ws, w_dim];
     ``G.synthesis(ws, noise_mode='const')`` gives images [N, img_channels, H, W] (about [-1, 1]);
-    ``G(z, c, truncation_psi, truncation_cutoff, noise_mode)`` does both.
+    ``G(z, c, truncation_psi, truncation_cutoff, noise_mode)`` does both. A conditional generator takes
+    one-hot labels c [N, c_dim] (``one_hot_classes`` makes them from class ids). ``G.settings`` is the
+    ``StyleGAN2Settings`` of a generator made by ``create`` (None for one read from a network file).
     """
 
-    def __init__(self, mapping: MappingNetwork, synthesis: SynthesisNetwork, source: str):
+    def __init__(self, mapping: MappingNetwork, synthesis: SynthesisNetwork, source: str,
+                 settings: StyleGAN2Settings | None = None):
         super().__init__()
+        self.settings = settings
         if mapping.w_dim != synthesis.w_dim:
             raise StudioError(f"the mapping makes w of size {mapping.w_dim} but synthesis takes {synthesis.w_dim}")
         self.mapping, self.synthesis = mapping, synthesis
@@ -396,6 +520,54 @@ class StyleGAN2Generator(nn.Module):
         return torch.cat([ws_a[:, :inject_index], ws_b[:, inject_index:]], dim=1)
 
     # -- builders --------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, settings: StyleGAN2Settings, generator: torch.Generator | None = None) -> StyleGAN2Generator:
+        """A fresh, trainable generator (training mode), initialised as StyleGAN2 does.
+
+        Weights are N(0, 1) / lr_multiplier (their gains applied at run time), biases 0 except the
+        style affines' 1 (every style starts as a plain convolution), noise strengths 0, the 4x4
+        constant N(0, 1); drawn from ``generator`` (torch's global one when None). The fixed noise
+        buffers are drawn from their own generator seeded with ``settings.noise_seed``.
+        """
+        g = cls.from_settings(settings)
+        with torch.no_grad():
+            for module in g.modules():
+                if isinstance(module, FullyConnectedLayer):
+                    module.weight.normal_(generator=generator).div_(module.lr_multiplier)
+                elif isinstance(module, SynthesisLayer | ToRGBLayer):
+                    module.weight.normal_(generator=generator)
+                    module.affine.bias.fill_(1)
+                elif isinstance(module, SynthesisBlock) and module.in_channels == 0:
+                    module.const.normal_(generator=generator)
+            noise_gen = torch.Generator().manual_seed(settings.noise_seed)
+            for module in g.modules():
+                if isinstance(module, SynthesisLayer) and module.use_noise:
+                    module.noise_const.normal_(generator=noise_gen)
+        return g.train().requires_grad_(True)
+
+    @classmethod
+    def from_settings(cls, settings: StyleGAN2Settings) -> StyleGAN2Generator:
+        """The layers ``settings`` describe, every tensor zero (``create`` initialises them, a loader fills them)."""
+        s = settings
+        embed_dim = s.w_dim if s.embed_dim is None else s.embed_dim
+        embed = FullyConnectedLayer(s.c_dim, embed_dim) if s.c_dim else None
+        features = [s.z_dim + (embed_dim if s.c_dim else 0)] + [s.w_dim] * s.mapping_layers
+        fcs = [FullyConnectedLayer(a, b, activation="lrelu", lr_multiplier=s.mapping_lr_mul)
+               for a, b in zip(features, features[1:])]
+        blocks = {}
+        for res in s.resolutions:
+            in_channels, out_channels = (s.channels(res // 2) if res > 4 else 0), s.channels(res)
+            layer = {"use_noise": s.use_noise, "conv_clamp": s.conv_clamp}
+            conv0 = SynthesisLayer(in_channels, out_channels, s.w_dim, res, up=2, **layer) if res > 4 else None
+            conv1 = SynthesisLayer(out_channels, out_channels, s.w_dim, res, **layer)
+            torgb = ToRGBLayer(out_channels, s.img_channels, s.w_dim, conv_clamp=s.conv_clamp)
+            blocks[res] = SynthesisBlock(in_channels, res, "skip", res == s.resolution, conv0, conv1, torgb,
+                                         None, None, const_channels=out_channels)
+        synthesis = SynthesisNetwork(s.w_dim, blocks)
+        mapping = MappingNetwork(s.z_dim, s.c_dim, s.w_dim, synthesis.num_ws, fcs, embed,
+                                 w_avg_beta=s.w_avg_beta, class_centres=True)
+        return cls(mapping, synthesis, source="created", settings=s)
 
     @classmethod
     def from_persistent(cls, module: PersistentModule | dict) -> StyleGAN2Generator:
@@ -435,6 +607,17 @@ class StyleGAN2Generator(nn.Module):
         if latent_avg is None:
             g.mapping.w_avg.copy_(_mean_w(g))
         return g.eval().requires_grad_(False)
+
+
+def one_hot_classes(class_ids: torch.Tensor | list[int], c_dim: int) -> torch.Tensor:
+    """Class ids [N] -> the one-hot labels [N, c_dim] (float32) that a conditional mapping takes as c."""
+    ids = torch.as_tensor(class_ids)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise StudioError(f"class ids must be integers, not {ids.dtype}")
+    ids = ids.reshape(-1)
+    if c_dim < 1 or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c_dim)):
+        raise StudioError(f"class ids must lie in [0, {c_dim}), got {ids[:8].tolist()}")
+    return F.one_hot(ids.long(), c_dim).to(torch.float32)
 
 
 def _mapping_from_persistent(m: PersistentModule, num_ws: int) -> MappingNetwork:
@@ -568,16 +751,23 @@ def load_stylegan(path: str | os.PathLike) -> nn.Module:
     """The generator of a StyleGAN network file (NVIDIA StyleGAN2/StyleGAN3 pickle or rosinality
     checkpoint), in eval mode; the file is read without running code it names."""
     obj = read_network_file(path)
-    kind = network_kind(obj)
+    return build_generator(obj, network_kind(obj))
+
+
+def build_generator(contents: dict, kind: str) -> nn.Module:
+    """The generator of a network file's contents (as ``read_network_file`` gives them) of ``kind``."""
     if kind == "nvidia-stylegan2":
-        return StyleGAN2Generator.from_persistent(obj["G_ema"])
+        return StyleGAN2Generator.from_persistent(contents["G_ema"])
     if kind == "rosinality-stylegan2":
-        state, avg = rosinality_weights(obj)
+        state, avg = rosinality_weights(contents)
         return StyleGAN2Generator.from_rosinality(state, avg)
-    return _stylegan3_class().from_persistent(obj["G_ema"])
+    if kind == "nvidia-stylegan3":
+        return _stylegan3_class().from_persistent(contents["G_ema"])
+    raise StudioError(f"unknown StyleGAN network kind {kind!r}")
 
 
 def _stylegan3_class() -> type:
+    """``sg3.StyleGAN3Generator``, imported when first needed (a clear error where it is missing)."""
     name = "pipelines.stylegan_nets.sg3"
     try:
         module = importlib.import_module(name)
