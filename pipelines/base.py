@@ -204,8 +204,16 @@ class GanW(Capability):
 
     @abstractmethod
     def project(self, image: Image.Image, steps: int = 300, progress: Progress | None = None,
-                **options: Any) -> Generation:
-        """Optimise a w that re-renders ``image``."""
+                space: str = "w", **options: Any) -> Generation:
+        """Optimise a w (or a w+) that re-renders ``image``."""
+
+    @abstractmethod
+    def to_wplus(self, generation: Generation) -> Generation:
+        """The same picture as a generation in w+, one w per synthesis input (z mapped, w repeated)."""
+
+    @abstractmethod
+    def style_weights(self, layers: range | None = None) -> torch.Tensor:
+        """The style affines of the synthesis inputs in ``layers`` (default all), stacked [S, w_dim]: SeFa's A."""
 
 
 def require(adapter: PipelineAdapter, capability: type[C], purpose: str) -> C:

@@ -1,4 +1,10 @@
-"""The GAN adapter: a StyleGAN-style generator behind the PipelineAdapter contract (spaces gan-z, gan-w).
+"""The GAN adapter: a StyleGAN generator behind the PipelineAdapter contract (spaces gan-z, gan-w, gan-w+).
+
+The generator is any ``GanNetwork`` (``pipelines/gan_networks.py``): the studio's own (a folder of
+config.json + model.safetensors), or an NVIDIA StyleGAN2/StyleGAN3 or rosinality StyleGAN2 network
+read from its pickle or checkpoint without running code from it (or from the folder ``studio
+convert`` makes of one). A generation holds one role: z, w (one w for every layer) or w+ (one w
+per synthesis input, ``[num_ws, w_dim]``); truncation is a render setting.
 
 A conditional generator (``config.num_classes > 0``, e.g. the embedded ``emoji-gan``) maps
 (z, class) -> w. Its folder's config.json holds a ``labels`` entry: the category and style
@@ -14,7 +20,6 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,16 @@ import torch
 from PIL import Image
 
 from pipelines.base import GanW, PipelineAdapter, Progress, cpu_generator, fitting_batch, pick_device
-from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil, weight_sample
-from pipelines.stylegan import Generator, load_generator, read_extra
+from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil
+from pipelines.gan_networks import GanNetwork, ProjectNetwork, StyleGanNetwork
+from pipelines.stylegan import load_generator, read_extra
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
-from studio.space import Space, fingerprint
+from studio.space import Space
 
 WORD = re.compile(r"[a-z0-9]+")
+ROLES = ("z", "w", "w+")  # the spaces a GAN generation may hold its one latent in
+CLASS_SETTINGS = ("category", "style", "class")  # the studio's own conditional GANs take the first two
 
 
 class ClassVocabulary:
@@ -105,17 +113,18 @@ class ClassVocabulary:
 
 
 class GanAdapter(PipelineAdapter, GanW):
-    """StyleGAN-style generator: sample z (or w = mapping(z[, class])), render with truncation psi.
+    """StyleGAN generator: sample z (or w = mapping(z[, class]), or w+), render with truncation psi.
 
-    Unconditional models ignore prompts; conditional ones turn the prompt (or the settings
-    ``category`` / ``style``) into a class label, see the module docstring.
+    Unconditional models ignore prompts. The studio's own conditional models turn the prompt (or
+    the settings ``category`` / ``style``) into a class label, see the module docstring; other
+    conditional networks take the setting ``class`` (an index), chosen from the seed when not given.
     """
 
     family = "gan"
 
     def __init__(
         self,
-        generator: Generator,
+        network: GanNetwork,
         spec: str,
         device: str | None = None,
         dtype: str | None = None,
@@ -123,27 +132,45 @@ class GanAdapter(PipelineAdapter, GanW):
     ):
         # fp32 unless asked otherwise: the tiny and embedded GANs are cheap, and fp16 demodulation can overflow.
         self.device, self.dtype = pick_device(device, dtype or "fp32")
-        self.generator = generator.eval().requires_grad_(False).to(self.device, self.dtype)
-        self.spec, self.config = spec, generator.config
+        network.module.eval().requires_grad_(False).to(self.device, self.dtype)
+        self.network, self.spec = network, spec
         extra = extra or {}
-        self.vocabulary = None
-        if self.config.num_classes:
+        self.vocabulary = None  # the studio's own conditional GANs name their classes in config.json
+        if network.num_classes and ("labels" in extra or isinstance(network, ProjectNetwork)):
             if "labels" not in extra:
                 raise StudioError(f"conditional GAN {spec} has no 'labels' entry in its config.json")
-            self.vocabulary = ClassVocabulary(extra["labels"], self.config.num_classes)
+            self.vocabulary = ClassVocabulary(extra["labels"], network.num_classes)
         self._defaults = {"truncation": 1.0, **dict(extra.get("default_settings", {}))}
-        config = asdict(self.config)
-        if not config["num_classes"]:  # unconditional models keep the fingerprint they had before classes
-            del config["num_classes"], config["class_factors"]
-        fam = fingerprint("stylegan", config, weight_sample(self.generator))
-        self.z_space = Space("gan-z", fam, (self.config.z_dim,))
-        self.w_space = Space("gan-w", fam, (self.config.w_dim,))
+        family = network.family()
+        self.z_space = Space("gan-z", family, (network.z_dim,))
+        self.w_space = Space("gan-w", family, (network.w_dim,))
+        self.wplus_space = Space("gan-w+", family, (network.num_ws, network.w_dim))
         self.batch_override: int | None = None  # items per synthesis call, when set (else sized to free memory)
+
+    @property
+    def generator(self):
+        """The torch module that holds the generator's weights."""
+        return self.network.module
 
     @classmethod
     def from_folder(cls, folder: str | Path, spec: str | None = None, **device) -> GanAdapter:
-        """Load ``config.json`` + ``model.safetensors`` from a folder."""
-        return cls(load_generator(folder), spec or str(folder), extra=read_extra(folder), **device)
+        """Load ``config.json`` + ``model.safetensors`` from a folder: the studio's own GAN, or a converted network."""
+        from pipelines.stylegan_nets.folder import is_network_folder, load_network_folder
+        from pipelines.stylegan_nets.training import is_sg2_folder, load_sg2_folder, read_sg2_extra
+
+        if is_network_folder(folder):
+            return cls(StyleGanNetwork(load_network_folder(folder)), spec or str(folder), **device)
+        if is_sg2_folder(folder):
+            return cls(StyleGanNetwork(load_sg2_folder(folder)), spec or str(folder), extra=read_sg2_extra(folder),
+                       **device)
+        return cls(ProjectNetwork(load_generator(folder)), spec or str(folder), extra=read_extra(folder), **device)
+
+    @classmethod
+    def from_network_file(cls, path: str | Path, spec: str | None = None, **device) -> GanAdapter:
+        """Load an NVIDIA network pickle or a rosinality checkpoint (read without running code from it)."""
+        from pipelines.stylegan_nets.sg2 import load_stylegan
+
+        return cls(StyleGanNetwork(load_stylegan(path)), spec or str(path), **device)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, download: bool = False, **device) -> GanAdapter:
@@ -156,38 +183,79 @@ class GanAdapter(PipelineAdapter, GanW):
             raise offline_error(repo_id, exc) from exc
         return cls.from_folder(folder, spec=repo_id, **device)
 
+    @property
+    def resolution(self) -> int:
+        return self.network.resolution
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
+
     def spaces(self) -> dict[str, Space]:
-        return {"z": self.z_space, "w": self.w_space}
+        return {"z": self.z_space, "w": self.w_space, "w+": self.wplus_space}
 
     def default_settings(self) -> dict[str, Any]:
-        return {"truncation": self._defaults["truncation"], "resolution": self.config.resolution}
+        return {"truncation": self._defaults["truncation"], "resolution": self.resolution}
+
+    def class_settings(self) -> set[str]:
+        """The settings that choose a class: category and style, class, or none."""
+        if self.vocabulary is not None:
+            return {"category", "style"}
+        return {"class"} if self.num_classes else set()
 
     def resolve_settings(self, settings: dict) -> dict:
         """Defaults overlaid with ``settings``, refusing unknown or impossible values."""
-        known = set(self.default_settings()) | {"category", "style"}
-        unknown = set(settings) - known
+        classes = self.class_settings()
+        for key in CLASS_SETTINGS:
+            if settings.get(key) is not None and key not in classes:
+                raise StudioError(self._class_refusal(key))
+        unknown = set(settings) - set(self.default_settings()) - set(CLASS_SETTINGS)
         if unknown:
             raise StudioError(f"unknown setting(s) {', '.join(sorted(unknown))} for a GAN; expected "
-                              f"{', '.join(sorted(known))}")
-        merged = {**self.default_settings(), **settings}
+                              f"{', '.join(sorted(set(self.default_settings()) | classes))}")
+        given = {k: v for k, v in settings.items() if k in classes or k not in CLASS_SETTINGS}
+        merged = {**self.default_settings(), **given}
         check_setting(merged, "truncation", -2.0, 2.0)
-        if merged["resolution"] != self.config.resolution:
-            raise StudioError(
-                f"model {self.spec} renders {self.config.resolution}px only, not {merged['resolution']}"
-            )
-        if self.vocabulary is None:
-            for key in ("category", "style"):
-                if merged.get(key) is not None:
-                    raise StudioError(f"model {self.spec} is unconditional: it takes no {key} setting")
-                merged.pop(key, None)
+        if merged["resolution"] != self.resolution:
+            raise StudioError(f"model {self.spec} renders {self.resolution}px only, not {merged['resolution']}")
+        if merged.get("class") is not None:
+            check_setting(merged, "class", 0, self.num_classes - 1, integer=True)
         return merged
+
+    def class_names(self) -> list[str]:
+        """One label per class id, for pickers: "Food & Drink · noto" (the studio's own), "3" (others), or none."""
+        if self.vocabulary is not None:
+            v = self.vocabulary
+            return [f"{c} · {s}" for c in v.categories for s in v.styles]  # class id = category x styles + style
+        return [str(i) for i in range(self.num_classes)]
+
+    def class_of(self, class_id: int) -> dict[str, Any]:
+        """The settings that choose class ``class_id`` (see ``class_names``)."""
+        check_setting({"class": class_id}, "class", 0, max(self.num_classes - 1, 0), integer=True)
+        if self.vocabulary is not None:
+            v = self.vocabulary
+            return {"category": v.categories[class_id // len(v.styles)], "style": v.styles[class_id % len(v.styles)]}
+        return {"class": class_id} if self.num_classes else {}
+
+    def _class_refusal(self, key: str) -> str:
+        if not self.num_classes:
+            return f"model {self.spec} is unconditional: it takes no {key} setting"
+        if self.vocabulary is None:
+            return (f"model {self.spec} takes its class as an index, the setting class "
+                    f"(0 to {self.num_classes - 1}), not {key}")
+        return f"model {self.spec} takes its class as a category and a style, not the setting {key}"
 
     def class_ids(self, settings_list: list[dict]) -> torch.Tensor | None:
         """Class ids [N] for generations' settings (None for an unconditional model)."""
-        if self.vocabulary is None:
+        if not self.num_classes:
             return None
         ids = []
         for st in settings_list:
+            if self.vocabulary is None:
+                if st.get("class") is None:
+                    raise StudioError(f"model {self.spec} is conditional: it needs the setting class to render")
+                ids.append(int(st["class"]))
+                continue
             if not st.get("category") or not st.get("style"):
                 raise StudioError(f"model {self.spec} needs the settings category and style to render")
             v = self.vocabulary
@@ -198,32 +266,40 @@ class GanAdapter(PipelineAdapter, GanW):
             )
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
+    def _choose_class(self, st: dict, seed: int, prompt: str, settings: dict) -> None:
+        """Fill one sample's class settings: given ones first, then the prompt's words, then the seed."""
+        if self.vocabulary is not None:
+            st["category"], st["style"] = self.vocabulary.choose(
+                seed, prompt, settings.get("category"), settings.get("style")
+            )
+        elif self.num_classes and st.get("class") is None:
+            st["class"] = random.Random(int(seed)).randrange(self.num_classes)  # the seed's own, independent of z
+
     @torch.no_grad()
     def sample(
         self, seeds: list[int], prompts: list[str] | None = None, space: str = "z", **settings: Any
     ) -> list[Generation]:
-        """One generation per seed: z drawn on a CPU generator, or w = mapping(z[, class]) (untruncated) if space="w".
+        """One generation per seed: z drawn on a CPU generator, or w = mapping(z[, class]) (untruncated) if
+        space="w", or that w once per synthesis input if space="w+".
 
-        A conditional model also chooses each item's class (settings ``category`` / ``style``,
-        else the prompt's words, else the seed) and keeps it in the generation's settings.
+        A conditional model also chooses each item's class (see ``_choose_class``) and keeps it in
+        the generation's settings.
         """
-        if space not in ("z", "w"):
-            raise StudioError(f"a GAN samples in space 'z' or 'w', not {space!r}")
+        if space not in ROLES:
+            raise StudioError(f"a GAN samples in space 'z', 'w' or 'w+', not {space!r}")
         settings = self.resolve_settings(settings)
         prompts = check_prompts(seeds, prompts)
         per_item = [dict(settings) for _ in seeds]
-        if self.vocabulary is not None:
-            for st, seed, prompt in zip(per_item, seeds, prompts, strict=True):
-                st["category"], st["style"] = self.vocabulary.choose(
-                    seed, prompt, settings.get("category"), settings.get("style")
-                )
+        for st, seed, prompt in zip(per_item, seeds, prompts, strict=True):
+            self._choose_class(st, seed, prompt, settings)
         z = torch.stack(
-            [torch.randn(self.config.z_dim, generator=cpu_generator(s)) for s in seeds]
+            [torch.randn(self.network.z_dim, generator=cpu_generator(s)) for s in seeds]
         )  # [N, z_dim]
-        if space == "w":
-            c = self.class_ids(per_item)
-            z = self.generator.mapping(z.to(self.device, self.dtype), c=c).float().cpu()  # [N, w_dim]
-        target = self.z_space if space == "z" else self.w_space
+        if space != "z":
+            z = self.network.w(z.to(self.device, self.dtype), self.class_ids(per_item)).float().cpu()  # [N, w_dim]
+            if space == "w+":
+                z = z[:, None].repeat(1, self.network.num_ws, 1)  # [N, num_ws, w_dim]
+        target = self.spaces()[space]
         out = []
         for seed, prompt, tensor, st in zip(seeds, prompts, z, per_item, strict=True):
             meta = {"seed": int(seed), "prompt": prompt, "model": self.spec, "generator_device": "cpu"}
@@ -234,15 +310,32 @@ class GanAdapter(PipelineAdapter, GanW):
         return out
 
     def _check(self, gen: Generation) -> str:
-        """The generation's one role ('z' or 'w'), checked against this model's spaces."""
-        if len(gen.roles) != 1 or not set(gen.roles) <= {"z", "w"}:
-            raise StudioError(f"a GAN generation has one role, 'z' or 'w'; got {sorted(gen.roles)}")
+        """The generation's one role ('z', 'w' or 'w+'), checked against this model's spaces."""
+        if len(gen.roles) != 1 or not set(gen.roles) <= set(ROLES):
+            raise StudioError(f"a GAN generation has one role, 'z', 'w' or 'w+'; got {sorted(gen.roles)}")
         role, latent = next(iter(gen.roles.items()))
         if latent.space != self.spaces()[role]:
             raise SpaceMismatch(
                 f"model {self.spec} cannot render {latent.space}: it expects {self.spaces()[role]}"
             )
         return role
+
+    def ws(self, generations: list[Generation]) -> torch.Tensor:
+        """Untruncated w+ [N, num_ws, w_dim] of generations of one role and class settings (z mapped, w repeated)."""
+        role = self._check(generations[0])
+        x = torch.stack([g.roles[role].tensor for g in generations]).to(self.device, self.dtype)
+        if role == "z":
+            x = self.network.w(x, self.class_ids([self.resolve_settings(g.settings) for g in generations]))
+        return x if role == "w+" else x[:, None].expand(-1, self.network.num_ws, -1)
+
+    def to_wplus(self, generation: Generation) -> Generation:
+        """The same picture as a w+ generation (untruncated; its settings kept, truncation included)."""
+        if self._check(generation) == "w+":
+            return generation
+        with torch.no_grad():
+            ws = self.ws([generation])[0].float().cpu()  # [num_ws, w_dim]
+        return Generation({"w+": Latent(ws, self.wplus_space, {"model": self.spec})}, self.spec,
+                          dict(generation.settings), {})
 
     @torch.no_grad()
     def render(self, generations: list[Generation], progress: Progress | None = None) -> list[Image.Image]:
@@ -253,20 +346,13 @@ class GanAdapter(PipelineAdapter, GanW):
         done = 0
         # 2. Batches of identical settings and role.
         keys = [{**self.resolve_settings(g.settings), "role": r} for g, r in zip(generations, roles, strict=True)]
-        c = self.config  # the largest feature map: cells x channels, over the resolutions
-        size = fitting_batch(self.device, max(r * r * c.channels(r) for r in c.resolutions), 1, self.dtype,
-                             self.batch_override)
+        size = fitting_batch(self.device, self.network.activation_cells(), 1, self.dtype, self.batch_override)
         for key, idx in batches(keys, size):
-            psi, role = float(key["truncation"]), key["role"]
-            x = torch.stack([generations[i].roles[role].tensor for i in idx]).to(
-                self.device, self.dtype
-            )  # [N, D]
-            # 3. z (+ class) -> w with truncation, or truncate a stored w (toward its class's centre).
-            g = self.generator
-            c = self.class_ids([key] * len(idx))  # [N] or None
-            w = g.mapping(x, psi, c=c) if role == "z" else g.mapping.truncate(x, psi, c)  # [N, w_dim]
+            # 3. z (+ class) -> w, once per synthesis input, truncated toward the centre (the class's, where kept).
+            ws = self.ws([generations[i] for i in idx])  # [N, num_ws, w_dim]
+            ws = self.network.truncate(ws, float(key["truncation"]), self.class_ids([key] * len(idx)))
             # 4. Synthesis with the fixed per-layer noise, then pixels.
-            for i, image in zip(idx, to_pil(g.synthesis(w, noise_mode="const")), strict=True):  # [N, 3, R, R]
+            for i, image in zip(idx, to_pil(self.network.synthesize(ws)), strict=True):  # [N, 3, R, R]
                 images[i] = image
             done += len(idx)
             if progress:
@@ -281,23 +367,34 @@ class GanAdapter(PipelineAdapter, GanW):
 
         return sample_w(self, n, seed)
 
+    def style_weights(self, layers: range | None = None) -> torch.Tensor:
+        layers = range(self.network.num_ws) if layers is None else layers
+        if not layers or layers.start < 0 or layers.stop > self.network.num_ws:
+            raise StudioError(f"layers {layers.start}-{layers.stop - 1} are not among model {self.spec}'s "
+                              f"synthesis inputs 0-{self.network.num_ws - 1}")
+        return self.network.style_weights(layers).float().cpu()
+
     def project(
         self,
         image: Image.Image,
         steps: int = 300,
-        category: str | None = None,
-        style: str | None = None,
         progress: Progress | None = None,
+        space: str = "w",
+        **classes: Any,
     ) -> Generation:
-        """Project a picture into w (pixel loss plus the emoji judge's features where the judge is shipped)."""
+        """Project a picture into w or w+ (pixel loss plus the emoji judge's features where the judge is shipped).
+
+        ``classes``: a conditional model's class settings (category and style, or class).
+        """
         from pipelines.gan_edit import project
 
         features = None
-        try:
-            from pipelines.judge import load_judge
+        if isinstance(self.network, ProjectNetwork):  # the judge knows emoji: a perceptual loss for emoji GANs
+            try:
+                from pipelines.judge import load_judge
 
-            judge = load_judge(device=self.device).requires_grad_(False)
-            features = judge.features
-        except Exception:  # no judge: pixels alone still project, less sharply
-            features = None
-        return project(self, image, steps, category, style, features, progress=progress)
+                judge = load_judge(device=self.device).requires_grad_(False)
+                features = judge.features
+            except Exception:  # no judge: pixels alone still project, less sharply
+                features = None
+        return project(self, image, steps, classes, features, space=space, progress=progress)

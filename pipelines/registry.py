@@ -9,6 +9,7 @@ from pipelines.base import PipelineAdapter
 from studio.errors import StudioError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")  # original-layout single-file checkpoints
+NETWORK_SUFFIXES = (".pkl", ".pt", ".pth")  # StyleGAN network pickles and checkpoints (read without running code)
 MAX_SPEC = 1024  # characters: longer than any folder path or hub id
 EMBEDDED = Path(__file__).parent / "embedded"  # where the shipped emoji models live
 BUILTIN = {
@@ -29,7 +30,10 @@ OTHER_SPECS = [  # what a spec can name besides the built-in models, as `studio 
     ("FOLDER | HUB-ID", "a diffusers pipeline: SD 1.x/2.x, SDXL and SDXL-Turbo, LCM, SD 3/3.5, Flux.1 (dev, schnell) "
                         "or PixArt-Sigma"),
     ("FILE.safetensors | .ckpt", "an original-layout SD 1.x, SD 2.x or SDXL base checkpoint (read offline)"),
-    ("FOLDER", "a studio GAN: config.json + model.safetensors"),
+    ("FOLDER", "a studio GAN: config.json + model.safetensors (its own, or a StyleGAN network 'studio convert' "
+               "wrote)"),
+    ("FILE.pkl | .pt | .pth", "an NVIDIA StyleGAN2/2-ADA/3 network pickle or a rosinality StyleGAN2 checkpoint "
+                              "(read without running code from it)"),
 ]
 TINY_DIFFUSION = {  # name -> (builder in pipelines.tiny, its arguments)
     "tiny-sd": ("build_tiny_sd", {}),
@@ -52,9 +56,12 @@ def folder_kind(folder: Path) -> str | None:
     if (folder / "model_index.json").is_file():
         return "diffusion"
     from pipelines.stylegan import ARCHITECTURE
+    from pipelines.stylegan_nets import folder as network_folder
+    from pipelines.stylegan_nets import training
 
+    gans = (ARCHITECTURE, network_folder.FOLDER_ARCHITECTURE, training.ARCHITECTURE)
     try:
-        if json.loads((folder / "config.json").read_text()).get("architecture") == ARCHITECTURE:
+        if json.loads((folder / "config.json").read_text()).get("architecture") in gans:
             return "gan"
     except (OSError, ValueError, AttributeError):
         pass
@@ -143,11 +150,16 @@ def load_adapter(
         from pipelines.diffusion import DiffusionAdapter
 
         return DiffusionAdapter.from_single_file(spec, device, dtype, spec=spec)
+    if is_file and path.suffix.lower() in NETWORK_SUFFIXES:
+        from pipelines.gan import GanAdapter
+
+        return GanAdapter.from_network_file(spec, spec=spec, device=device, dtype=dtype)
     if is_file:
         raise StudioError(f"{spec!r} is a file but not a model the studio reads: give a diffusers or studio GAN "
-                          f"folder, or a {' or '.join(CHECKPOINT_SUFFIXES)} checkpoint")
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        raise StudioError(f"checkpoint file {spec!r} does not exist")
+                          f"folder, a {' or '.join(CHECKPOINT_SUFFIXES)} checkpoint or a StyleGAN "
+                          f"{' or '.join(NETWORK_SUFFIXES)} network")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES + NETWORK_SUFFIXES:
+        raise StudioError(f"model file {spec!r} does not exist")
     if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise StudioError(f"model folder {spec!r} does not exist")
     return _load_hub(spec, device, dtype, download)
@@ -171,6 +183,8 @@ def local_kind(spec: str) -> str | None:
             return folder_kind(path)
         if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
             return "diffusion"
+        if path.is_file() and path.suffix.lower() in NETWORK_SUFFIXES:
+            return "gan"
     except OSError:
         pass
     return None

@@ -153,13 +153,14 @@ def build_tiny_sd():
 def build_tiny_gan(device: str | None = None, dtype: str | None = None):
     """A GanAdapter around a seeded 32x32 StyleGAN-style generator (z_dim = w_dim = 32)."""
     from pipelines.gan import GanAdapter
+    from pipelines.gan_networks import ProjectNetwork
     from pipelines.stylegan import Generator, GeneratorConfig
 
     config = GeneratorConfig(
         z_dim=32, w_dim=32, mapping_layers=2, resolution=32, channel_base=512, channel_max=32
     )
     torch.manual_seed(0)
-    return GanAdapter(Generator(config), spec="tiny-gan", device=device, dtype=dtype)
+    return GanAdapter(ProjectNetwork(Generator(config)), spec="tiny-gan", device=device, dtype=dtype)
 
 
 def _tiny_clip(tokenizer, hidden: int, projection: bool = False, layers: int = 2):

@@ -193,7 +193,7 @@ def bench_ui(model: str, repeat: int) -> None:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             guidance = float(worker.stdout.readline())  # the model's own default, which the CLI renders with
             seeds = iter(range(100, 100_000, 10))  # new seeds each time: nothing comes from a cache
-            inputs = lambda: [model, "a smiling cat face", next(seeds), 4, 20, guidance, 1.0, ""]  # noqa: E731
+            inputs = lambda: [model, "a smiling cat face", next(seeds), 4, 20, guidance, 1.0, "", ""]  # noqa: E731
 
             def through_client() -> float:
                 t0 = time.perf_counter()

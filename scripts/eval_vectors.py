@@ -235,7 +235,7 @@ def main() -> None:
                 if adapter.family == "diffusion":
                     g = adapter.invert(picture, "", args.ddim_steps)
                 else:
-                    g = adapter.project(picture, args.project_steps, labels[i]["category"], labels[i]["style"])
+                    g = adapter.project(picture, args.project_steps, category=labels[i]["category"], style=labels[i]["style"])
                 back = adapter.render([g])[0]
                 size = back.size
                 scores.append(psnr(np.asarray(picture.resize(size, Image.LANCZOS)), np.asarray(back)))

@@ -149,26 +149,31 @@ def main(ctx: click.Context, home: str | None, device: str | None, batch_size: i
 @click.option("--scheduler", default=None, help="Diffusion sampler, e.g. EulerAncestralDiscreteScheduler (default: "
               "the model's own); a name that does not fit the model lists those that do.")
 @click.option("--truncation", type=float, default=None, help="Truncation psi (GAN).")
-@click.option("--space", type=click.Choice(["z", "w"]), default=None, help="Latent space to store (GAN; default z).")
-@click.option("--category", default=None, help="Category of a conditional GAN (overrides the prompt), e.g. flags.")
-@click.option("--style", default=None, help="Art style of a conditional GAN (overrides the prompt): noto or twemoji.")
+@click.option("--space", type=click.Choice(["z", "w", "w+"]), default=None, help="Latent space to store (GAN; "
+              "default z): w = mapping(z), w+ = that w once per synthesis layer, for style mixing.")
+@click.option("--category", default=None, help="Category of a conditional emoji GAN (overrides the prompt), e.g. flags.")
+@click.option("--style", default=None, help="Art style of a conditional emoji GAN (overrides the prompt): noto or "
+              "twemoji.")
+@click.option("--class", "class_", type=int, default=None, help="Class index of another conditional GAN (default: "
+              "chosen by the seed).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Also render PNGs into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def sample(ctx, model, prompt, seed, count, name, tags, steps, guidance, true_cfg, negative, size, scheduler,
-           truncation, space, category, style, out, as_json):
+           truncation, space, category, style, class_, out, as_json):
     """Draw new generations from seeds (and a prompt) and store them.
 
     \b
     Examples:
       studio sample --prompt "smiling cat face" --seed 3 --out out/
       studio sample --model tiny-gan --seed 1 -n 4 --name g --out out/
+      studio sample --model ffhq.pkl --seed 1 --truncation 0.7 --out out/
       studio sample --model tiny-flux --prompt "a cat" --true-cfg 2 --negative blurry
     """
     settings = {k: v for k, v in {"steps": steps, "guidance": guidance, "true_cfg": true_cfg, "negative_prompt": negative,
                                   "height": size, "width": size, "scheduler": scheduler,
                                   "truncation": truncation, "space": space, "category": category,
-                                  "style": style}.items() if v is not None}
+                                  "style": style, "class": class_}.items() if v is not None}
     session = _session(ctx)
     with _output_folder(out):  # made before anything is stored
         items = session.sample(model, prompt, seed, count, name, tags, **settings)
@@ -215,6 +220,30 @@ def eval_(ctx, expression, name, tags, out, as_json):
             with progress_bar("render", not as_json) as cb:
                 paths = session.render_to([stored], out.parent, cb, filenames=[out.name])
     _print_stored([stored], as_json, paths)
+
+
+@main.command()
+@click.argument("network", type=click.Path(dir_okay=False))
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def convert(network, folder, as_json):
+    """Write a StyleGAN network (NVIDIA .pkl, rosinality .pt) as a safetensors + config.json FOLDER.
+
+    The network is read without running code from it (its pickle's classes are never imported);
+    FOLDER then works as --model FOLDER everywhere, with the same pictures, bit for bit.
+
+    \b
+    Examples:
+      studio convert stylegan3-r-ffhqu-256x256.pkl models/ffhqu-r
+      studio sample --model models/ffhqu-r --seed 1 --out out/
+    """
+    facts = Session.convert(network, folder)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    what = f"{facts['c_dim']} classes" if facts["c_dim"] else "unconditional"
+    click.echo(f"{facts['network']} ({facts['img_resolution']}px, z {facts['z_dim']}, w {facts['w_dim']}, "
+               f"{facts['num_ws']} ws, {what}) -> {facts['folder']}")
 
 
 @main.command()
@@ -599,13 +628,19 @@ def vectors_from_prompts(ctx, definition, model, name):
               help="Text file with one prompt per line (text space).")
 @click.option("--prefix", default=None, help="Store the directions as PREFIX0, PREFIX1, ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first sampled w (w space).")
+@click.option("--method", type=click.Choice(["pca", "sefa"]), default="pca", show_default=True,
+              help="pca: principal directions of samples (GANSpace); sefa: closed-form directions of a StyleGAN's "
+                   "style weights (SeFa), no sampling.")
+@click.option("--layers", default=None, metavar="A-B", help="SeFa: the synthesis inputs whose style weights to "
+              "factorize, e.g. 0-3 for the coarse layers (default: all).")
 @click.pass_context
-def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix, seed):
-    """Principal directions of sampled w (GANSpace) or of prompt embeddings, with explained variance.
+def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix, seed, method, layers):
+    """Directions in w (GANSpace's PCA of sampled w, or SeFa) or in prompt embeddings, with their share.
 
     \b
     Examples:
       studio vectors discover --model emoji-gan -k 6 --prefix pc
+      studio vectors discover --model ffhq.pkl --method sefa --layers 0-3 -k 5 --prefix coarse
       studio vectors discover --space text --prompts prompts/emoji_prompts.txt -k 4 --prefix tpc
     """
     prompts = None
@@ -615,9 +650,10 @@ def vectors_discover(ctx, model, space, k, samples, prompt_file, prefix, seed):
         except (OSError, UnicodeDecodeError) as exc:
             raise StudioError(f"cannot read prompts from {prompt_file}: {getattr(exc, 'strerror', None) or exc}") from None
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts, seed)
+    rows = _session(ctx).vectors.discover(model, space, k, samples, prefix, prompts, seed, method, layers)
+    share = "eigenvalue share" if method == "sefa" else "explained variance"
     for stored, ratio in rows:
-        click.echo(f"{stored.id[:12]}  {stored.name or '-':<12} explained variance {ratio:7.2%}")
+        click.echo(f"{stored.id[:12]}  {stored.name or '-':<12} {share} {ratio:7.2%}")
 
 
 @vectors.command(name="condition")
@@ -646,21 +682,24 @@ def vectors_condition(ctx, vector, others, name):
 @click.option("--sdedit-strength", type=float, default=0.6, show_default=True,
               help="With --mode sdedit: how far the original picture is noised before re-rendering (0-1; "
                    "higher changes more).")
+@click.option("--layers", default=None, metavar="A-B", help="GAN: move only these synthesis inputs (w+ rows, from "
+              "0) by the w vector, as GANSpace edits a layer range; the result is a w+ generation.")
 @click.option("--name", default=None, help="Name for the result (NAME-1, ... for a sweep).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="Render the results here.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, name, out, as_json):
+def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, layers, name, out, as_json):
     """TARGET + s * VECTOR for each strength s, stored with lineage (and rendered with --out).
 
     \b
     Examples:
       studio vectors apply scene day_to_night --strength 0.8 --name night --out out/
       studio vectors apply cat noto_to_twemoji -s 0,0.5,1,1.5 --out sweep/
+      studio vectors apply face coarse0 -s -3,0,3 --layers 0-3 --out sweep/
     """
     session = _session(ctx)
     with _output_folder(out):  # made before anything is stored
-        items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength)
+        items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength, layers)
         paths = None
         if out:
             with progress_bar("render", not as_json) as cb:
@@ -715,28 +754,34 @@ def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, t
 @click.option("--prompt", "-p", default="", help="Prompt to condition the inversion on (diffusion).")
 @click.option("--steps", type=int, default=None, help="Inversion steps (diffusion, default 100: DDIM, or Euler "
               "steps of the flow ODE) or optimisation steps (GAN projection, default 300).")
-@click.option("--category", default=None, help="Class of a conditional GAN to project into.")
-@click.option("--style", default=None, help="Style of a conditional GAN to project into.")
+@click.option("--category", default=None, help="Category of a conditional emoji GAN to project into.")
+@click.option("--style", default=None, help="Style of a conditional emoji GAN to project into.")
+@click.option("--class", "class_", type=int, default=None, help="Class index of another conditional GAN to project "
+              "into.")
+@click.option("--space", type=click.Choice(["w", "w+"]), default=None, help="GAN projection space: one w for "
+              "every layer (default), or w+, one per layer, which reconstructs more closely and edits less cleanly.")
 @click.option("--name", default=None, help="Name to store the inverted generation under.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Render the reconstruction here (and print its PSNR).")
 @click.pass_context
-def invert(ctx, image, model, prompt, steps, category, style, name, out):
+def invert(ctx, image, model, prompt, steps, category, style, class_, space, name, out):
     """Turn a picture into a stored generation that re-renders it, so it can be edited.
 
     \b
     Diffusion models: VAE encode, then DDIM inversion, or for flow-matching models (SD 3,
     Flux.1) the flow ODE integrated backwards, to the starting noise; each step refined by
     fixed-point iteration.
-    GAN models: projection into w by optimisation (pixel + perceptual loss).
+    GAN models: projection into w (or w+) by optimisation (pixel + perceptual loss).
 
     \b
     Examples:
       studio invert cat.png --name mycat --out out/
       studio vectors apply mycat noto_to_twemoji -s 1 --out out/
+      studio invert face.png --model ffhq.pkl --space w+ --out out/
     """
     session = _session(ctx)
-    stored = session.invert(image, model, prompt, steps, name, category=category, style=style)
+    stored = session.invert(image, model, prompt, steps, name, category=category, style=style, space=space,
+                            **{"class": class_})
     paths = None
     if out:
         with progress_bar("render", True) as cb:

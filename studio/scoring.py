@@ -22,6 +22,7 @@ from studio import algebra
 from studio.errors import StudioError
 from studio.lazy import torch
 from studio.objects import Generation, Vector
+from studio.space import GAN_ROLES
 from studio.store import make_folder
 from studio.vectorlab import check_strengths
 
@@ -142,7 +143,7 @@ def score_vector(session: Session, vector_ref: str, strengths: list[float], n: i
                           f"{key or 'an unnamed attribute'} (set its attribute when building it)")
     other = OTHER.get(key, "style")  # a probed attribute should leave the art style alone
     target = attribute.get("to")
-    role = {"gan-z": "z", "gan-w": "w"}.get(v.space.kind)
+    role = GAN_ROLES.get(v.space.kind)
     base = source_generations(session, model, attribute, n, seed, space=role,
                               templates=v.meta.get("templates"), source_phrase=v.meta.get("from", ""),
                               settings=settings)

@@ -7,6 +7,7 @@ PNG files. Importing this module does not import diffusers: adapters load on fir
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from studio.store import Library, Record, atomic_write, check_name, check_tag, m
 
 DEFAULT_MODEL = "emoji-diffusion"
 MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
-INVERT_OPTIONS = ("category", "style")  # what a conditional GAN's projection takes besides steps
+INVERT_OPTIONS = ("category", "style", "class", "space")  # what a GAN's projection takes besides steps
 Progress = Callable[[int, int], None]
 
 
@@ -164,7 +165,7 @@ class Session:
             ids[ref] = self.library.resolve(ref)
             return self.library.get(ids[ref])
 
-        value = expr.Evaluator(source, lookup, bindings).eval(tree)
+        value = expr.Evaluator(source, lookup, bindings, lift=self._lift).eval(tree)
         if isinstance(value, (int, float)):
             raise StudioError(f"'{source}' gives the number {value:g}, not a latent; use @name to refer to stored objects")
         if isinstance(tree, expr.Ref):  # a bare reference: the object itself, named and tagged as asked
@@ -179,6 +180,15 @@ class Session:
         if not store:
             return Stored(value.id, None, value)
         return Stored(self.library.put(value, name, tags), name, value)
+
+    def _lift(self, space: str, value: Any) -> Any:
+        """A GAN generation in another of its model's spaces (``mix`` takes w+: a z is mapped, a w repeated)."""
+        if not isinstance(value, Generation):
+            return value
+        adapter = self.adapter(value.model)
+        if not isinstance(adapter, GanW):
+            raise StudioError(f"{space} is a GAN space; a generation of {value.model} has none")
+        return adapter.to_wplus(value)
 
     def check_expression(self, source: str, bindings: dict[str, float] | None = None) -> str:
         """Parse and resolve an expression without storing; returns a description of the result."""
@@ -261,6 +271,23 @@ class Session:
             raise StudioError(f"cannot write {path}: {exc.strerror}") from None
         return path
 
+    @staticmethod
+    def convert(network: str | os.PathLike, folder: str | os.PathLike) -> dict[str, Any]:
+        """Write a StyleGAN network file (.pkl, .pt) as a folder of config.json + model.safetensors.
+
+        The file is read without running code from it; the folder then loads as a model spec with
+        the same outputs, bit for bit. Returns what config.json says of the network.
+        """
+        from pipelines.stylegan_nets.folder import save_network_folder
+
+        path = check_path(network, "network file")
+        if not path.is_file():
+            raise StudioError(f"network file {str(network)!r} does not exist")
+        target = save_network_folder(path, check_path(folder, "folder"))
+        config = json.loads((target / "config.json").read_text())
+        keep = ("network", "source", "z_dim", "w_dim", "c_dim", "num_ws", "img_resolution", "img_channels")
+        return {"folder": str(target), **{k: config.get(k) for k in keep}}
+
     def import_file(self, path: str | os.PathLike, name: str | None = None, model: str | None = None) -> list[Stored]:
         """Import a Latent Studio ``.safetensors`` file, a ComfyUI ``.latent`` or a studio PNG."""
         path = check_path(path, "path")
@@ -324,7 +351,7 @@ class Session:
         unknown = sorted(set(options) - set(INVERT_OPTIONS))
         if unknown:
             raise StudioError(f"invert takes no option {', '.join(map(repr, unknown))}; "
-                              f"its options are {', '.join(INVERT_OPTIONS)} (a conditional GAN's projection)")
+                              f"its options are {', '.join(INVERT_OPTIONS)} (a GAN's projection)")
         if name is not None:
             self.library.check_free(name)  # checked before the slow work
         image = open_image(path)
@@ -332,12 +359,10 @@ class Session:
         options = {k: v for k, v in options.items() if v is not None}
         if isinstance(adapter, Invertible):
             if options:
-                raise StudioError(f"{', '.join(sorted(options))}: options of a conditional GAN's projection; "
+                raise StudioError(f"{', '.join(sorted(options))}: options of a GAN's projection; "
                                   f"{adapter.spec} is a diffusion model")
             gen = adapter.invert(image, prompt, _steps(steps, 100, 1000, "inversion"))
-        elif isinstance(adapter, GanW):
-            if options and getattr(adapter, "vocabulary", None) is None:
-                raise StudioError(f"{adapter.spec} is an unconditional GAN: it takes no {', '.join(sorted(options))}")
+        elif isinstance(adapter, GanW):  # the adapter refuses class settings its model does not take
             gen = adapter.project(image, _steps(steps, 300, 10_000, "GAN projection"), progress=progress, **options)
         else:
             raise StudioError(f"model {adapter.spec} cannot invert pictures")

@@ -144,11 +144,22 @@ class VectorLab:
         return self._store(Vector(tensor, space, "prompt-pair", meta, lineage), name or spec.get("name"))
 
     def discover(self, model: str | None = None, space: str = "w", k: int = 8, samples: int = 2000,
-                 prefix: str | None = None, prompts: list[str] | None = None, seed: int = 0) -> list[tuple[Stored, float]]:
-        """Principal directions (GANSpace) of sampled w, or of text embeddings of ``prompts``; stored with their variance."""
+                 prefix: str | None = None, prompts: list[str] | None = None, seed: int = 0,
+                 method: str = "pca", layers: str | None = None) -> list[tuple[Stored, float]]:
+        """Directions in w or text space, stored with their share of the variance they explain.
+
+        ``method`` "pca": principal directions (GANSpace) of sampled w, or of the text embeddings of
+        ``prompts``. "sefa": the closed-form directions of a StyleGAN's style affines (SeFa), for the
+        synthesis inputs in ``layers`` ("0-3", "5"; default all); no sampling.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
             raise StudioError(f"k must be a whole number of directions from 1 to 64, not {k!r}")
-        if space == "w" and (isinstance(samples, bool) or not isinstance(samples, int) or not k < samples <= 100_000):
+        if method not in ("pca", "sefa"):
+            raise StudioError(f"unknown discovery method {method!r}; use pca (GANSpace) or sefa")
+        if method == "pca" and layers is not None:
+            raise StudioError("--layers chooses the style layers of SeFa; PCA samples w, which every layer reads")
+        if method == "pca" and space == "w" and (isinstance(samples, bool) or not isinstance(samples, int)
+                                                 or not k < samples <= 100_000):
             raise StudioError(f"samples must be a whole number above k={k} and at most 100000, not {samples!r}")
         check_seed(seed)
         check_text(prefix, "prefix", optional=True)
@@ -158,6 +169,14 @@ class VectorLab:
         for i in range(k) if prefix else ():  # every name checked before anything is stored
             self.library.check_free(f"{prefix}{i}")
         adapter = self.session.adapter(model)
+        if method == "sefa":
+            if space != "w":
+                raise StudioError(f"SeFa finds directions in w, from a StyleGAN's style weights, not in {space!r}")
+            gan = require(adapter, GanW, "find SeFa directions (it has no StyleGAN style weights)")
+            rows = parse_layers(layers, gan.spaces()["w+"].shape[0])
+            dirs, ratios, lineage = sefa_directions(gan.style_weights(rows), k, rows)
+            return self._store_directions(adapter, dirs, ratios, "sefa", lineage, prefix, adapter.spaces()["w"],
+                                          {"layers": f"{rows.start}-{rows.stop - 1}"})
         if space == "w":
             x = require(adapter, GanW, "discover directions in w space (use --space text with prompts)").sample_w(
                 samples, seed)
@@ -176,13 +195,19 @@ class VectorLab:
                               f"ask for fewer than k={k}, or give more varied prompts")
         dirs, ratios = vx.principal_directions(x, k)
         scale = float(x.double().norm(dim=1).mean())
-        made = []  # every direction checked before any is stored
-        for i, (d, r) in enumerate(zip(dirs, ratios)):
+        for i, d in enumerate(dirs):  # every direction checked before any is stored
             check_nonzero(d, scale, f"principal direction {i} (the samples vary along fewer than {k} directions)")
-            v = Vector(d.reshape(target.shape), target, "pca",
-                       {"model": adapter.spec, "component": i, "explained_variance": round(float(r), 6),
-                        "samples": len(x)},
-                       Lineage("vector-pca", {"space": space, "component": i, "samples": len(x), "seed": seed}))
+        lineage = {"space": space, "samples": len(x), "seed": seed}
+        return self._store_directions(adapter, dirs, ratios, "pca", lineage, prefix, target, {"samples": len(x)})
+
+    def _store_directions(self, adapter: Any, dirs: torch.Tensor, ratios: Any, method: str, lineage: dict,
+                          prefix: str | None, target: Space, meta: dict) -> list[tuple[Stored, float]]:
+        """Store discovered directions as vectors PREFIX0, PREFIX1, ... with what found them."""
+        made = []
+        for i, (d, r) in enumerate(zip(dirs, ratios)):
+            v = Vector(d.reshape(target.shape), target, method,
+                       {"model": adapter.spec, "component": i, "explained_variance": round(float(r), 6), **meta},
+                       Lineage(f"vector-{method}", {**lineage, "component": i}))
             made.append((v, float(r)))
         return [(self._store(v, f"{prefix}{i}" if prefix else None), r) for i, (v, r) in enumerate(made)]
 
@@ -203,13 +228,19 @@ class VectorLab:
     # ---- applying ----
 
     def apply(self, target: str, vector: str, strengths: float | list[float], mode: str = "latent",
-              name: str | None = None, sdedit_strength: float = 0.6) -> list[Stored]:
+              name: str | None = None, sdedit_strength: float = 0.6, layers: str | None = None) -> list[Stored]:
         """target + s * vector for each strength s, stored with lineage (one object per strength).
 
         ``latent``: add to the role in the vector's space (text: the prompt moves, the noise stays);
         ``hspace``: an h-space vector shifts the denoiser's h-space (UNet bottleneck, transformer middle block) during the first denoising steps;
         ``sdedit``: the edit is rendered from the original picture noised to ``sdedit_strength``.
+        ``layers`` ("A-B"): a GAN's w vector moves only those synthesis inputs of the target, in w+
+        (as GANSpace edits a layer range); the result is a w+ generation.
         """
+        if layers is not None:
+            if mode != "latent":
+                raise StudioError(f"--layers edits a GAN's w+ rows; it does not combine with mode {mode}")
+            return self._apply_to_layers(target, vector, check_strengths(strengths), layers, name)
         if mode not in APPLY_MODES:
             raise StudioError(f"unknown mode {mode!r}; choose {', '.join(APPLY_MODES)}")
         strengths = check_strengths(strengths)
@@ -247,6 +278,35 @@ class VectorLab:
                 self.library.check_free(n, edited.id)
             edits.append((edited, n))
         # 2. Then stored, each with its lineage.
+        return [self._put(obj, n) for obj, n in edits]
+
+    def _apply_to_layers(self, target: str, vector: str, strengths: list[float], layers: str,
+                         name: str | None) -> list[Stored]:
+        """target's w+ with s * vector added to the rows of ``layers`` only, for each strength."""
+        names = numbered_names(name, len(strengths))
+        tid, vid = self.library.resolve(target), self.library.resolve(vector)
+        base, v = self.library.get(tid), self.library.get(vid)
+        if not isinstance(v, Vector):
+            raise StudioError(f"{vector} is a {v.kind}, not a vector")
+        if not isinstance(base, Generation):
+            raise StudioError(f"--layers edits a GAN generation; {target} is a {base.kind}")
+        gan = require(self.session.adapter(base.model), GanW, "edit a range of layers (it has no w+)")
+        w, wplus = gan.spaces()["w"], gan.spaces()["w+"]
+        if v.space != w:
+            raise SpaceMismatch(f"--layers moves w+ rows by a vector in {w}; {vector} is in {v.space}")
+        rows = parse_layers(layers, wplus.shape[0])
+        start = gan.to_wplus(base)
+        source = f"@{target.lstrip('@')} + s * @{vector.lstrip('@')} on layers {rows.start}-{rows.stop - 1}"
+        edits = []
+        for s, n in zip(strengths, names, strict=True):  # every edit and name checked before one is stored
+            tensor = start.roles["w+"].tensor.clone()  # [num_ws, w_dim]
+            tensor[rows.start:rows.stop] += s * v.tensor
+            lineage = Lineage("add", {"expr": source, "s": s, "layers": [rows.start, rows.stop - 1]}, (tid, vid))
+            edited = Generation({"w+": Latent(tensor, wplus, {"model": base.model})}, base.model,
+                                dict(start.settings), {}, lineage)
+            if n is not None:
+                self.library.check_free(n, edited.id)
+            edits.append((edited, n))
         return [self._put(obj, n) for obj, n in edits]
 
     def _check_hspace(self, base: Any, v: Vector, ref: str) -> None:
@@ -321,3 +381,33 @@ def check_attribute(attribute: Any, what: str) -> None:
     if attribute is not None and (not isinstance(attribute, dict) or
                                   not all(isinstance(attribute.get(k), str) for k in ("name", "from", "to"))):
         raise StudioError(f"{what} must be a mapping with the text fields name, from and to")
+
+
+def parse_layers(layers: str | None, count: int) -> range:
+    """Synthesis inputs "A-B" (inclusive) or "A" of a network with ``count`` of them; None means all."""
+    if layers is None:
+        return range(count)
+    text = check_text(layers, "layers").strip()
+    first, _, last = text.partition("-")
+    try:
+        start, stop = int(first), int(last or first) + 1
+    except ValueError:
+        raise StudioError(f"layers must be A-B or A (synthesis inputs counted from 0), got {layers!r}") from None
+    if not 0 <= start < stop <= count:
+        raise StudioError(f"layers {layers!r} are not a range of this network's synthesis inputs 0-{count - 1}")
+    return range(start, stop)
+
+
+def sefa_directions(weight: torch.Tensor, k: int, rows: range) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """SeFa's directions of style affines [S, w_dim], each output's weights scaled to unit norm first
+    (as the paper's code does, so that no one layer's scale decides), with each eigenvalue's share."""
+    from studio import ops
+
+    a = weight.double()
+    a = a / a.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    try:
+        dirs, values = ops.sefa(a, k)
+    except ValueError as exc:
+        raise StudioError(str(exc)) from None
+    total = float(a.square().sum())  # the trace of A^T A: the eigenvalues' sum
+    return dirs, (values.double() / total).tolist(), {"layers": [rows.start, rows.stop - 1]}

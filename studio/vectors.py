@@ -37,7 +37,7 @@ def role_latents(objs: Sequence[Latent | Generation], role: str | None) -> list[
 
 def default_role(g: Generation) -> str:
     """The role an attribute vector edits by default: the prompt embedding, else the GAN latent."""
-    for role in ("text", "w", "z"):
+    for role in ("text", "w", "w+", "z"):
         if role in g.roles:
             return role
     return next(iter(g.roles))

@@ -172,7 +172,7 @@ def text_file(tmp_path):
     (["latents", "ls", "--limit", "many"], ["'many' is not a valid integer", "latents ls --help"]),
     (["vectors", "apply", "a", "a", "-s", "1_000"], ["expected comma-separated numbers"]),
     (["invert", "PNG", "--model", "tiny-sd", "--steps", "0"], ["inversion takes 1 to 1000 steps, not 0"]),
-    (["invert", "PNG", "--model", "tiny-gan", "--category", "x"], ["tiny-gan is an unconditional GAN"]),
+    (["invert", "PNG", "--model", "tiny-gan", "--category", "x"], ["model tiny-gan is unconditional: it takes no category"]),
     (["invert", "PNG", "--model", "tiny-gan", "--name", "a"], ["the name 'a' already refers to"]),
     (["vectors", "discover", "--model", "tiny-gan", "--space", "text", "--prompts", "NOFILE"],
      ["cannot read prompts from"]),

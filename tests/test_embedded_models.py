@@ -45,7 +45,7 @@ def test_emoji_gan_folder_is_complete_and_small():
 def test_emoji_gan_seed0_recorded_values(emoji_gan):
     gen = emoji_gan.sample([0])[0]
     z = gen.roles["z"].tensor
-    assert torch.equal(z, torch.randn(emoji_gan.config.z_dim, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(z, torch.randn(emoji_gan.network.z_dim, generator=torch.Generator().manual_seed(0)))
     assert z[:3].tolist() == pytest.approx([-1.1258, -1.1524, -0.2506], abs=1e-4)
     assert (gen.settings["category"], gen.settings["style"]) == GAN_SEED0_CLASS
     w = emoji_gan.sample([0], space="w")[0]

@@ -310,3 +310,32 @@ def test_a_flux_folder_generates_interpolates_and_applies_a_vector(flux_page, sh
     page.screenshot(path=str(shots / "9-flux-attributes.png"), full_page=True)
     vector = session.get("fcatdog")
     assert vector.space == session.adapter(stored.model).text_space
+
+
+@pytest.fixture(scope="module")
+def pkl_page(browser, tmp_path_factory):
+    """A studio started on an NVIDIA StyleGAN2-ADA pickle with 4 classes, as `studio ui --model net.pkl` would be."""
+    network = Path(__file__).parent / "fixtures" / "stylegan" / "sg2ada_cond.pkl"
+    session = Session(tmp_path_factory.mktemp("pkl-home"))
+    running = server.launch(session, str(network), port=free_port(), block=False, echo=lambda line: None)
+    page = open_studio(browser, running.local_url)
+    yield page, session, str(network.resolve())
+    page.close()
+    running.close()
+    session.library.close()
+
+
+def test_a_pickle_generates_with_the_class_picked(pkl_page, shots):
+    expect = sync_api.expect
+    page, session, network = pkl_page
+    expect(page.locator("#gan-class")).to_be_visible()
+    expect(page.locator("#prompt")).to_be_hidden()
+    choose(page, "gan-class", "2")
+    set_number(page, "seed", 7)
+    set_number(page, "count", 2)
+    page.click("#generate-btn")
+    expect(page.locator("#gen-status")).to_contain_text("seeds 7, 8")
+    expect(images(page, "gen-gallery")).to_have_count(2)
+    made = session.library.ls(model=network)
+    assert len(made) == 2 and {session.get(r.id).settings["class"] for r in made} == {2}
+    page.screenshot(path=str(shots / "10-pickle-generate.png"), full_page=True)

@@ -372,3 +372,21 @@ def test_library_pages_go_on_by_cursor_and_say_where_they_are(studio, monkeypatc
     assert footer == "Nothing matches these filters" and after is None
     with pytest.raises(gr.Error, match="invalid cursor"):
         studio.library_view(None, None, "paged", None, "nonsense", 2, progress=None)
+
+
+def test_generate_draws_the_class_picked_for_a_conditional_gan(studio):
+    from studio.ui.handlers import BY_SEED
+
+    network = str(Path(__file__).parent / "fixtures" / "stylegan" / "sg2ada_cond.pkl")
+    info = studio.model_info(network, progress=None)
+    assert info["classes"] == ["0", "1", "2", "3"] and info["family"] == "gan"
+    _, made, _ = studio.generate(network, None, 3, 2, None, None, 1.0, "", "1", progress=None)
+    assert [m["settings"]["class"] for m in made] == [1, 1]
+    _, chosen, _ = studio.generate(network, None, 3, 1, None, None, 1.0, "", BY_SEED, progress=None)
+    assert chosen[0]["settings"]["class"] in range(4)
+    emoji = studio.model_info("emoji-gan", progress=None)["classes"]
+    assert len(emoji) == 18 and emoji[6] == "Food & Drink · noto"
+    _, food, _ = studio.generate("emoji-gan", None, 1, 1, None, None, 1.0, "", emoji[7], progress=None)
+    assert (food[0]["settings"]["category"], food[0]["settings"]["style"]) == ("Food & Drink", "twemoji")
+    with pytest.raises(gr.Error, match="unknown class '9' for model"):
+        studio.generate(network, None, 3, 1, None, None, 1.0, "", "9", progress=None)

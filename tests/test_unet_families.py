@@ -307,7 +307,7 @@ def test_specs_that_name_something_that_is_not_a_model_say_so(tmp_path):
     (tmp_path / "net.pkl").write_bytes(b"not a model")
     with pytest.raises(StudioError, match=r"^'.*net\.pkl' is a file but not a model the studio reads"):
         load_adapter(str(tmp_path / "net.pkl"))
-    with pytest.raises(StudioError, match="^checkpoint file .* does not exist$"):
+    with pytest.raises(StudioError, match="^model file .* does not exist$"):
         load_adapter(str(tmp_path / "missing.safetensors"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudioError, match="holds neither a diffusers model"):

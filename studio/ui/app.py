@@ -13,9 +13,9 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui.handlers import EASINGS, MAX_FRAMES, MAX_SWEEP, MAX_UI_COUNT, METHODS, Studio
+from studio.ui.handlers import BY_SEED, EASINGS, MAX_FRAMES, MAX_SWEEP, MAX_UI_COUNT, METHODS, Studio
 
-SPACE_KINDS = ["", "noise", "text", "vae", "hspace", "gan-z", "gan-w"]
+SPACE_KINDS = ["", "noise", "text", "vae", "hspace", "gan-z", "gan-w", "gan-w+"]
 FONT = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"]  # no web fonts: works offline
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "monospace"]
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate", radius_size="sm",
@@ -73,7 +73,7 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate") as tab_generate:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=290):
-                        model = model_picker(elem_id="model", info="a built-in name, a diffusers folder, a hub id or a .safetensors checkpoint")
+                        model = model_picker(elem_id="model", info="a built-in name, a diffusers folder, a hub id, a .safetensors checkpoint or a StyleGAN .pkl")
                         prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a cat wearing sunglasses",
                                             visible=diffusion, elem_id="prompt")
                         with gr.Row(equal_height=True):
@@ -89,6 +89,10 @@ def build(studio: Studio) -> gr.Blocks:
                         truncation = gr.Slider(-1, 2, value=defaults.get("truncation", 1.0), step=0.05,
                                                label="Truncation ψ", visible=not diffusion, interactive=not pending,
                                                elem_id="truncation")
+                        classes = start.get("classes") or []
+                        gan_class = gr.Dropdown([BY_SEED, *classes], value=BY_SEED, label="Class",
+                                                visible=bool(classes) and not diffusion, interactive=not pending,
+                                                info="a conditional GAN draws this class", elem_id="gan-class")
                         tags = gr.Textbox(label="Tags", placeholder="optional: day, portrait", elem_id="gen-tags")
                         # until the model's own settings have arrived, the placeholders must not be sent
                         go = gr.Button("Generate", variant="primary", interactive=not pending,
@@ -368,25 +372,28 @@ def build(studio: Studio) -> gr.Blocks:
                 info = studio.model_info(model, progress)
             except gr.Error as exc:
                 gr.Warning(f"{model}: {exc.message}")
-                return (current, *(gr.update() for _ in range(4)), studio.title(current), current)
+                return (current, *(gr.update() for _ in range(5)), studio.title(current), current)
             d, is_diffusion, label = info["defaults"], info["family"] == "diffusion", info["guidance_label"]
             return (info["model"], gr.update(visible=is_diffusion),
                     gr.update(visible=is_diffusion, value=d.get("steps"), interactive=True),
                     gr.update(visible=label is not None, interactive=True,
                               **({"value": d["guidance"], "label": label} if label is not None else {})),
                     gr.update(visible=not is_diffusion, value=d.get("truncation", 1.0), interactive=True),
+                    gr.update(choices=[BY_SEED, *info["classes"]], value=BY_SEED, interactive=True,
+                              visible=bool(info["classes"])),
                     studio.title(info["model"]), info["model"])
 
         demo.load(refresh, model, pickers, **quiet)
         if pending:  # the page's first open loads the model; its settings arrive when it is ready
             demo.load(on_model, [current_model, current_model],
-                      [model, prompt, steps, guidance, truncation, title, current_model], **quiet).then(
+                      [model, prompt, steps, guidance, truncation, gan_class, title, current_model], **quiet).then(
                 lambda: gr.update(interactive=True), None, go, **quiet)
         for tab in (tab_generate, tab_library, tab_interp, tab_attr, tab_recipe):
             tab.select(refresh, model, pickers, **quiet)
 
         # Generate
-        model.input(on_model, [model, current_model], [model, prompt, steps, guidance, truncation, title, current_model],
+        model.input(on_model, [model, current_model],
+                    [model, prompt, steps, guidance, truncation, gan_class, title, current_model],
                     api_name="model_info")
         dice.click(None, None, seed, js="() => Math.floor(Math.random() * 2147483647)", **private)
         def stored_line(info: Any) -> str:
@@ -400,7 +407,7 @@ def build(studio: Studio) -> gr.Blocks:
                         "click a picture to name or tag it.")
             return ""
 
-        go.click(studio.generate, [model, prompt, seed, count, steps, guidance, truncation, tags],
+        go.click(studio.generate, [model, prompt, seed, count, steps, guidance, truncation, tags, gan_class],
                  [gallery, gen_info, gen_ids], api_name="generate", scroll_to_output=True
                  ).then(stored_line, gen_info, gen_status, **quiet).then(studio.title, model, title, **quiet)
 

@@ -42,6 +42,7 @@ MAX_FRAMES = 120
 MAX_KEYFRAMES = 16
 MAX_SWEEP = 16
 LIBRARY_PAGE = 60  # objects in a page of the Library tab (newest first)
+BY_SEED = "chosen by the seed"  # the class picker's first entry: no class asked for
 CHOICES_LIMIT = 500  # objects offered in pickers
 VIDEO_MIN_SIDE = 256  # GIF/MP4 frames are upscaled to at least this many pixels
 EASINGS = {
@@ -332,14 +333,16 @@ class Studio:
         if spec.startswith("tiny-") and "steps" in defaults:
             defaults["steps"] = TINY_STEPS
         label = adapter.kind.guidance_label if "guidance" in defaults else None  # only diffusion takes guidance
+        classes = adapter.class_names() if adapter.family == "gan" else []
         return {"model": spec, "family": adapter.family, "defaults": defaults, "guidance_label": label,
+                "classes": classes,
                 "description": dict(Session.models()).get(spec, spec), "spaces": sorted(adapter.spaces())}
 
     def model_preview(self, model: str | None = None) -> dict[str, Any]:
         """What the UI can show of a model before it has loaded: its family, no settings yet (``loading``)."""
         spec = self._model(model)
         family = Session.local_kind(spec)
-        return {"model": spec, "family": family or "diffusion", "defaults": {},
+        return {"model": spec, "family": family or "diffusion", "defaults": {}, "classes": [],
                 "guidance_label": "Guidance" if family != "gan" else None, "loading": True,
                 "description": dict(Session.models()).get(spec, spec), "spaces": []}
 
@@ -378,11 +381,13 @@ class Studio:
     @shows_errors
     @on_model_thread
     def generate(self, model: str | None, prompt: str | None, seed: Any, count: Any = 1, steps: Any = None,
-                 guidance: Any = None, truncation: Any = None, tags: str | None = None,
+                 guidance: Any = None, truncation: Any = None, tags: str | None = None, gan_class: Any = None,
                  progress: Any = gr.Progress()) -> tuple[list[tuple[str, str]], list[dict[str, Any]], list[str]]:
         """Sample ``count`` generations (seeds seed, seed+1, ...), store each, render them.
 
-        Returns (gallery of (png, caption), one summary per item, the ids: this user's state).
+        ``gan_class``: a conditional GAN's class, one of its ``class_names`` (empty or BY_SEED: the
+        prompt, else the seed, chooses). Returns (gallery of (png, caption), one summary per item,
+        the ids: this user's state).
         """
         spec = self._model(model)
         seed = whole(seed, "seed", 0, 2**63 - 1)
@@ -400,7 +405,12 @@ class Studio:
         else:
             if truncation not in (None, ""):
                 settings["truncation"] = real(truncation, "truncation", -2.0, 2.0)
-            text = None  # GANs are unconditional
+            if gan_class not in (None, "", BY_SEED):
+                names = adapter.class_names()
+                if gan_class not in names:
+                    raise StudioError(f"unknown class {str(gan_class)[:60]!r} for model {spec}; pick one of the list")
+                settings.update(adapter.class_of(names.index(gan_class)))
+            text = None  # the class picker, not a prompt, chooses a GAN's class here
         with self._library:
             items = self.session.sample(spec, text, seed, count, tags=tag_list, **settings)
         gallery = self._gallery(items, progress)
