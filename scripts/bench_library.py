@@ -10,9 +10,12 @@ generations with prompts, ``created`` increasing; the triggers fill the tag, spa
 as they do for real objects. ``check`` opens every file, so it is timed on a library whose objects
 all have files (``--check-size``, default 10,000).
 
-Columns: a page of 50 for each filter. "name page" is the frame batch's prefix, "broad name" a
-prefix one name in nine starts with (its cost follows its matches); "search" is text one object in
-eight or so holds, "rare search" text one object holds.
+Columns: a page of 50 for each filter. "name page" is the frame batch's prefix; "broad name" a
+prefix one name in nine starts with, all of them among the oldest fifth ("obj1..."); "search" is
+text one generation in eight holds, made all along ("a cat"); "old search" text about one object
+in ten holds, all made long ago ("number 7..."); "rare search" text one object holds. A name or
+text page is looked for first among the newest 1,000 objects past the cursor, then in its index:
+the cost of "broad name" and "old search" follows how many objects match.
 
 For each size it prints the median of five runs, in milliseconds:
 
@@ -77,7 +80,7 @@ def fill_index(lib, size: int) -> None:
         spaces = {"noise": "noise[vae-bench](4x64x64)"} if kind == "generation" else {"tensor": "gan-z[sg-bench](16)"}
         if i % 1000 == 1:  # one in a thousand in a space of its own
             spaces = {"tensor": "gan-w[sg-rare](16)"}
-        summary = {"prompt": f"prompt number {i}"} if kind == "generation" else {}
+        summary = {"prompt": f"prompt number {i}" + (", a cat" if i % 8 == 0 else "")} if kind == "generation" else {}
         objects.append((object_id, kind, f"model-{i % 4}", json.dumps(spaces), "sample", start + i,
                         json.dumps(summary)))
         if i % 3 == 0 or frame:
@@ -114,7 +117,8 @@ def bench_size(size: int) -> dict[str, float]:
             "rare space": timed(lambda: lib.ls(space="gan-w", limit=PAGE)),
             "name page": timed(lambda: lib.ls(name="frame-", limit=PAGE)),
             "broad name": timed(lambda: lib.ls(name="obj1", limit=PAGE)),
-            "search": timed(lambda: lib.ls(text="number 7", limit=PAGE)),
+            "search": timed(lambda: lib.ls(text="a cat", limit=PAGE)),
+            "old search": timed(lambda: lib.ls(text="number 7", limit=PAGE)),
             "rare search": timed(lambda: lib.ls(text=f"number {size // 2 + 1}", limit=PAGE)),
             "count": timed(lambda: lib.count()),
             "tag count": timed(lambda: lib.count(tag="bench")),

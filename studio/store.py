@@ -31,7 +31,7 @@ MIN_PREFIX = 4  # an id prefix shorter than this is never taken as a reference
 ID_RULE = re.compile(r"[0-9a-f]{64}")  # a sha256 content id
 ID_LIKE = re.compile(r"[0-9a-f]{7,}")  # a name like this would read as an id prefix
 ID_PREFIX = re.compile(r"[0-9a-f]+")  # search text that may be the start of an id
-WINDOW = 5000  # objects a name or text page is first looked for among, newest first (see Library.ls)
+WINDOW = 1000  # objects a name or text page is first looked for among, newest first (see Library.ls)
 STALE_TMP_SECONDS = 3600  # a temporary file older than this is left over from a crash
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
 os.umask(_UMASK)  # ... and put back at once
