@@ -161,6 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --workdir")
     p.add_argument("--export-only", action="store_true", help="export the last checkpoint and exit")
+    p.add_argument("--pack", metavar="DIR", default=None,
+                   help="copy the last checkpoint into DIR with its float tensors in fp16 (half the size, to "
+                        "commit and continue in a later run: --workdir DIR resumes from it) and exit")
     return p.parse_args(argv)
 
 
@@ -310,6 +313,20 @@ def class_and_style_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the 18-way class logits, plus that of the style they imply (summed over categories)."""
     per_style = logits.reshape(len(logits), len(CATEGORIES), len(STYLES)).logsumexp(dim=1)  # [N, styles]
     return F.cross_entropy(logits, c) + F.cross_entropy(per_style, c % len(STYLES))
+
+
+def pack_checkpoint(ckpt: Path, workdir: Path) -> int:
+    """``ckpt`` as ``workdir/ckpt`` with float32 tensors in fp16 (Adam's step counts and the RNG state
+    kept exact); resuming from it casts them back, so the run goes on, though not bit for bit."""
+    out = workdir / "ckpt"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in sorted(ckpt.glob("*.safetensors")):
+        tensors = load_file(str(path))
+        save_file({k: v.half() if v.dtype == torch.float32 and not k.endswith(".step") else v
+                   for k, v in tensors.items()}, str(out / path.name))
+    shutil.copy(ckpt / "state.json", out / "state.json")
+    return json.loads((ckpt / "state.json").read_text())["step"]
 
 
 def find_checkpoint(workdir: Path) -> Path | None:
@@ -525,6 +542,12 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     policy = [p for p in args.augment.split(",") if p]
 
+    if args.pack:
+        ckpt = find_checkpoint(workdir)
+        if ckpt is None:
+            raise SystemExit(f"no checkpoint in {workdir} to pack")
+        print(f"packed step {pack_checkpoint(ckpt, Path(args.pack))} into {args.pack}")
+        return
     x_all, _, order, starts, counts, _ = load_data(args, device)
     settings = generator_settings(args)
     ckpt = None if args.fresh else find_checkpoint(workdir)

@@ -263,3 +263,13 @@ def test_train_gan_trains_resumes_bit_exactly_and_exports_a_loadable_folder(tmp_
     with torch.no_grad():
         img = G(torch.randn(2, 8), one_hot_classes([0, 17], 18), truncation_psi=0.8)
     assert img.shape == (2, 3, 8, 8) and torch.isfinite(img).all()
+    # a packed checkpoint is half the size and a later run goes on from it
+    train_gan.main([*tiny, "--workdir", str(one_go), "--pack", str(tmp_path / "packed")])
+    packed = tmp_path / "packed" / "ckpt"
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(packed / "G.safetensors")).values()} == {torch.float16}
+    steps = {k: v for k, v in load_file(str(packed / "opt_G.safetensors")).items() if k.endswith(".step")}
+    assert steps and all(v.dtype == torch.float32 and float(v) == 2 for v in steps.values())  # counts kept exact
+    run("packed", "--steps", "3")
+    assert json.loads((tmp_path / "packed" / "ckpt" / "state.json").read_text())["step"] == 3
