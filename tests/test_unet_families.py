@@ -304,11 +304,15 @@ def test_a_folder_spec_is_stored_resolved_and_renders_from_another_folder(tmp_pa
 
 
 def test_specs_that_name_something_that_is_not_a_model_say_so(tmp_path):
-    (tmp_path / "net.pkl").write_bytes(b"not a model")
-    with pytest.raises(StudioError, match=r"^'.*net\.pkl' is a file but not a model the studio reads"):
+    (tmp_path / "net.bin").write_bytes(b"not a model")
+    with pytest.raises(StudioError, match=r"^'.*net\.bin' is a file but not a model the studio reads"):
+        load_adapter(str(tmp_path / "net.bin"))
+    (tmp_path / "net.pkl").write_bytes(b"not a model")  # a .pkl is read as a StyleGAN network, safely
+    with pytest.raises(StudioError, match=r"^cannot read '.*net\.pkl': it is neither a network pickle nor a"):
         load_adapter(str(tmp_path / "net.pkl"))
-    with pytest.raises(StudioError, match="^model file .* does not exist$"):
-        load_adapter(str(tmp_path / "missing.safetensors"))
+    for missing in ("missing.safetensors", "missing.pkl"):
+        with pytest.raises(StudioError, match="^model file .* does not exist$"):
+            load_adapter(str(tmp_path / missing))
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudioError, match="holds neither a diffusers model"):
         load_adapter(str(tmp_path / "empty"))
