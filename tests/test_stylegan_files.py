@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -233,12 +232,6 @@ def test_rosinality_latent_avg_shapes_and_default(rosinality_ref):
         assert max_error(loaded(z), rosinality_ref["img_trunc1"], "train ckpt G(z)") <= TOLERANCE
     with pytest.raises(StudioError, match="latent_avg"):
         StyleGAN2Generator.from_rosinality(state, torch.zeros(3))
-
-
-def test_stylegan3_loading_without_the_stylegan3_module_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pipelines.stylegan_nets.sg3", None)
-    with pytest.raises(StudioError, match="StyleGAN3"):
-        load_stylegan(FIXTURES / "sg3_t.pkl")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ saves and loads created generators as a folder.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
@@ -38,6 +37,7 @@ from pipelines.stylegan_nets.reader import (
     read_network_file,
     rosinality_weights,
 )
+from pipelines.stylegan_nets.sg3 import StyleGAN3Generator
 from studio.errors import StudioError
 
 NOISE_MODES = ("const", "random", "none")  # fixed noise buffers, fresh noise, no noise
@@ -762,20 +762,5 @@ def build_generator(contents: dict, kind: str) -> nn.Module:
         state, avg = rosinality_weights(contents)
         return StyleGAN2Generator.from_rosinality(state, avg)
     if kind == "nvidia-stylegan3":
-        return _stylegan3_class().from_persistent(contents["G_ema"])
+        return StyleGAN3Generator.from_persistent(contents["G_ema"])
     raise StudioError(f"unknown StyleGAN network kind {kind!r}")
-
-
-def _stylegan3_class() -> type:
-    """``sg3.StyleGAN3Generator``, imported when first needed (a clear error where it is missing)."""
-    name = "pipelines.stylegan_nets.sg3"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise StudioError("this installation cannot run StyleGAN3 networks: pipelines.stylegan_nets.sg3 is missing") from None
-    cls = getattr(module, "StyleGAN3Generator", None)
-    if cls is None or not hasattr(cls, "from_persistent"):
-        raise StudioError("this installation cannot run StyleGAN3 networks: StyleGAN3Generator is missing")
-    return cls
