@@ -320,12 +320,15 @@ class GanAdapter(PipelineAdapter, GanW):
             )
         return role
 
-    def ws(self, generations: list[Generation]) -> torch.Tensor:
-        """Untruncated w+ [N, num_ws, w_dim] of generations of one role and class settings (z mapped, w repeated)."""
+    def ws(self, generations: list[Generation], c: torch.Tensor | None = None) -> torch.Tensor:
+        """Untruncated w+ [N, num_ws, w_dim] of generations of one role (z mapped, w repeated); ``c``: their
+        class ids, where the caller has them (else read from their settings)."""
         role = self._check(generations[0])
         x = torch.stack([g.roles[role].tensor for g in generations]).to(self.device, self.dtype)
         if role == "z":
-            x = self.network.w(x, self.class_ids([self.resolve_settings(g.settings) for g in generations]))
+            if c is None:
+                c = self.class_ids([self.resolve_settings(g.settings) for g in generations])
+            x = self.network.w(x, c)
         return x if role == "w+" else x[:, None].expand(-1, self.network.num_ws, -1)
 
     def to_wplus(self, generation: Generation) -> Generation:
@@ -349,8 +352,9 @@ class GanAdapter(PipelineAdapter, GanW):
         size = fitting_batch(self.device, self.network.activation_cells(), 1, self.dtype, self.batch_override)
         for key, idx in batches(keys, size):
             # 3. z (+ class) -> w, once per synthesis input, truncated toward the centre (the class's, where kept).
-            ws = self.ws([generations[i] for i in idx])  # [N, num_ws, w_dim]
-            ws = self.network.truncate(ws, float(key["truncation"]), self.class_ids([key] * len(idx)))
+            c = self.class_ids([key] * len(idx))  # [N] or None: the batch shares its class settings
+            ws = self.ws([generations[i] for i in idx], c)  # [N, num_ws, w_dim]
+            ws = self.network.truncate(ws, float(key["truncation"]), c)
             # 4. Synthesis with the fixed per-layer noise, then pixels.
             for i, image in zip(idx, to_pil(self.network.synthesize(ws)), strict=True):  # [N, 3, R, R]
                 images[i] = image

@@ -127,7 +127,8 @@ class StyleGanNetwork(GanNetwork):
 
     @property
     def _mapping(self) -> nn.Module:
-        return getattr(self.module, "mapping_network", None) or self.module.mapping
+        """The mapping network (StyleGAN3's ``mapping`` is the method that calls it)."""
+        return self.module.mapping_network if isinstance(self.module, StyleGAN3Generator) else self.module.mapping
 
     def _one_hot(self, c: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if not self.num_classes:

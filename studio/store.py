@@ -284,17 +284,37 @@ def _row_matches(name: str | None, text: str | None) -> tuple[list[str], list[An
     where, args = [], []
     if name:
         where.append("EXISTS (SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name >= ? AND n2.name < ?)")
-        args += [name, name + "\U0010ffff"]
+        args += _name_range(name)
     if text:
+        condition, text_args = _text_condition(text, indexed=False)
+        where.append(condition)
+        args += text_args
+    return where, args
+
+
+def _name_range(prefix: str) -> list[str]:
+    """The bounds of the names that start with ``prefix``, for a range of the names' own key."""
+    return [prefix, prefix + "\U0010ffff"]
+
+
+def _text_condition(text: str, indexed: bool) -> tuple[str, list[Any]]:
+    """The condition (on ``objects o``) for objects whose summary or names hold ``text``, or whose id starts so.
+
+    ``indexed``: three characters or more are looked up as a phrase of the trigram index (quoted:
+    the text is matched literally, case-insensitively), so a search reads only the objects that
+    hold the text; otherwise, and for shorter text, LIKE checks each row.
+    """
+    if indexed and len(text) >= 3:
+        condition, args = "o.rowid IN (SELECT rowid FROM search WHERE search MATCH ?)", ['"' + text.replace('"', '""') + '"']
+    else:
         pattern = f"%{_like(text)}%"
         condition = ("(o.summary LIKE ? ESCAPE '\\' OR EXISTS "
-                     "(SELECT 1 FROM names n3 WHERE n3.id = o.id AND n3.name LIKE ? ESCAPE '\\')")
-        args += [pattern, pattern]
-        if ID_PREFIX.fullmatch(text.lower()):
-            condition += " OR (o.id >= ? AND o.id <= ?)"
-            args += [text.lower(), text.lower() + "g"]
-        where.append(condition + ")")
-    return where, args
+                     "(SELECT 1 FROM names n3 WHERE n3.id = o.id AND n3.name LIKE ? ESCAPE '\\'))")
+        args = [pattern, pattern]
+    prefix = text.lower()
+    if ID_PREFIX.fullmatch(prefix):  # an id prefix: a range of the objects' own key
+        return f"({condition} OR (o.id >= ? AND o.id <= ?))", [*args, prefix, prefix + "g"]
+    return condition, args
 
 
 def _like(text: str) -> str:
@@ -632,32 +652,12 @@ class Library:
             args.append(tag)
         if name:  # a prefix: a range of the names' own key (the cost follows the names it matches)
             where.append("o.id IN (SELECT id FROM names WHERE name >= ? AND name < ?)")
-            args += [name, name + "\U0010ffff"]
+            args += _name_range(name)
         if text:
-            found, found_args = self._text_search(text)
+            found, found_args = _text_condition(text, indexed=True)
             where.append(found)
             args += found_args
         return where, args
-
-    @staticmethod
-    def _text_search(text: str) -> tuple[str, list[Any]]:
-        """The condition (on ``objects o``) for objects whose summary or names hold ``text``, or whose id starts so.
-
-        Three characters or more are looked up as a phrase of the trigram index (quoted: the text is
-        matched literally, case-insensitively), so a search reads the objects that hold the text;
-        shorter text is matched with LIKE on each object's row.
-        """
-        if len(text) >= 3:
-            condition, args = "o.rowid IN (SELECT rowid FROM search WHERE search MATCH ?)", ['"' + text.replace('"', '""') + '"']
-        else:
-            pattern = f"%{_like(text)}%"
-            condition = ("(o.summary LIKE ? ESCAPE '\\' OR EXISTS "
-                         "(SELECT 1 FROM names n2 WHERE n2.id = o.id AND n2.name LIKE ? ESCAPE '\\'))")
-            args = [pattern, pattern]
-        prefix = text.lower()
-        if ID_PREFIX.fullmatch(prefix):  # an id prefix: a range of the objects' own key
-            return f"({condition} OR (o.id >= ? AND o.id <= ?))", [*args, prefix, prefix + "g"]
-        return condition, args
 
     def record(self, ref: str) -> Record:
         rows = self.ls(ids=[self.resolve(ref)])
