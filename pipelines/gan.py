@@ -30,6 +30,7 @@ from pipelines.base import GanW, PipelineAdapter, Progress, cpu_generator, fitti
 from pipelines.common import batches, check_prompts, check_setting, offline_error, to_pil
 from pipelines.gan_networks import GanNetwork, ProjectNetwork, StyleGanNetwork
 from pipelines.stylegan import load_generator, read_extra
+from studio.checks import is_finite_number
 from studio.errors import SpaceMismatch, StudioError
 from studio.objects import Generation, Latent, Lineage
 from studio.space import Space
@@ -49,15 +50,13 @@ class ClassVocabulary:
     """
 
     def __init__(self, labels: dict, num_classes: int):
-        try:
-            self.categories = [str(c) for c in labels["categories"]]
-            self.styles = [str(s) for s in labels["styles"]]
-            self.category_words = {
-                c: dict(labels.get("category_words", {}).get(c, {})) for c in self.categories
-            }
-            self.style_words = {s: dict(labels.get("style_words", {}).get(s, {})) for s in self.styles}
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise StudioError(f"the GAN's labels entry in config.json is malformed: {exc}") from exc
+        if not isinstance(labels, dict):
+            raise StudioError(f"the GAN's labels entry in config.json is malformed: it is a {type(labels).__name__}, "
+                              "not a mapping")
+        self.categories = _names(labels, "categories")
+        self.styles = _names(labels, "styles")
+        self.category_words = _word_weights(labels, "category_words", self.categories)
+        self.style_words = _word_weights(labels, "style_words", self.styles)
         if len(self.categories) * len(self.styles) != num_classes:
             raise StudioError(
                 f"the GAN has {num_classes} classes but its labels name {len(self.categories)} categories "
@@ -91,9 +90,13 @@ class ClassVocabulary:
         """``value`` as one of ``names``: exact, case-insensitive, or the unique name it starts."""
         if value in names:
             return value
-        low = str(value).strip().lower()
-        hits = [n for n in names if n.lower() == low] or [
-            n for n in names if n.lower().startswith(low) and low
+
+        def plain(text: str) -> str:  # "Food & Drink", "food and drink", "food-and-drink" read alike
+            return " ".join(WORD.findall(str(text).lower().replace("&", " and ")))
+
+        low = plain(value)
+        hits = [n for n in names if plain(n) == low] or [
+            n for n in names if plain(n).startswith(low) and low
         ]
         if len(hits) != 1:
             raise StudioError(f"unknown {what} {value!r}; choose one of: {', '.join(names)}")
@@ -110,6 +113,27 @@ class ClassVocabulary:
         cat = self.pick(category, self.categories, "category") if category else from_prompt[0] or seeded[0]
         sty = self.pick(style, self.styles, "style") if style else from_prompt[1] or seeded[1]
         return cat, sty
+
+
+def _names(labels: dict, key: str) -> list[str]:
+    """labels[key]: the category or style names, plain one-line text (they are shown and matched as is)."""
+    names = labels.get(key)
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.isprintable() for n in names):
+        raise StudioError(f"the GAN's labels entry in config.json is malformed: {key!r} must be a list of names")
+    return names
+
+
+def _word_weights(labels: dict, key: str, names: list[str]) -> dict[str, dict[str, float]]:
+    """labels[key]: per name, the prompt words that choose it with their weights (finite numbers)."""
+    table = labels.get(key, {})
+    out = {}
+    for name in names:
+        words = table.get(name, {}) if isinstance(table, dict) else None
+        if not isinstance(words, dict) or not all(is_finite_number(w) for w in words.values()):
+            raise StudioError(f"the GAN's labels entry in config.json is malformed: {key!r} must map each name "
+                              "to a mapping of words to numbers")
+        out[name] = dict(words)
+    return out
 
 
 class GanAdapter(PipelineAdapter, GanW):
@@ -140,7 +164,11 @@ class GanAdapter(PipelineAdapter, GanW):
             if "labels" not in extra:
                 raise StudioError(f"conditional GAN {spec} has no 'labels' entry in its config.json")
             self.vocabulary = ClassVocabulary(extra["labels"], network.num_classes)
-        self._defaults = {"truncation": 1.0, **dict(extra.get("default_settings", {}))}
+        defaults = extra.get("default_settings", {})
+        if not isinstance(defaults, dict):
+            raise StudioError(f"the GAN's default_settings entry in config.json must be a mapping of settings, "
+                              f"not {type(defaults).__name__}")
+        self._defaults = {"truncation": 1.0, **defaults}
         family = network.family()
         self.z_space = Space("gan-z", family, (network.z_dim,))
         self.w_space = Space("gan-w", family, (network.w_dim,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -162,7 +163,18 @@ def load_adapter(
         raise StudioError(f"model file {spec!r} does not exist")
     if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise StudioError(f"model folder {spec!r} does not exist")
+    near = nearest_builtin(spec)
+    if near is not None:
+        raise StudioError(f"unknown model {spec!r}; did you mean {near!r}? ('studio models' lists the built-in ones)")
     return _load_hub(spec, device, dtype, download)
+
+
+def nearest_builtin(spec: str) -> str | None:
+    """The built-in name a spec is a likely typo of (a hub id names its owner: 'owner/name' is never one)."""
+    if "/" in spec:
+        return None
+    close = difflib.get_close_matches(spec.lower(), list(BUILTIN), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def local_kind(spec: str) -> str | None:

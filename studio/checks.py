@@ -28,6 +28,14 @@ def check_int(value: Any, what: str, low: int | None = None, high: int | None = 
     return value
 
 
+def check_choice(value: Any, what: str, choices: Iterable[str]) -> str:
+    """One of a few words."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise StudioError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def is_finite_number(value: Any) -> bool:
     """An int or float (bool is not one) that is neither NaN nor infinite and fits a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 from contextlib import contextmanager
@@ -11,8 +12,9 @@ from pathlib import Path
 import click
 
 from studio.errors import StudioError
+from studio.interpolation import EASINGS, METHODS
 from studio.objects import Generation, Vector
-from studio.session import DEFAULT_MODEL, Session, Stored, default_home
+from studio.session import DEFAULT_MODEL, FITS, Session, Stored, default_home
 from studio.store import make_folder, set_aside_damaged_index
 from studio.vectorlab import parse_attribute
 
@@ -93,7 +95,8 @@ def _output_folder(folder: str | Path | None):
 def _session(ctx: click.Context) -> Session:
     if "session" not in ctx.obj:
         ctx.obj["session"] = Session(ctx.obj.get("home"), device=ctx.obj.get("device"),
-                                     batch_size=ctx.obj.get("batch_size"))
+                                     batch_size=ctx.obj.get("batch_size"),
+                                     notify=lambda message: click.echo(f"warning: {message}", err=True))
     return ctx.obj["session"]
 
 
@@ -250,9 +253,11 @@ def convert(network, folder, as_json):
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default=None, help=f"Model whose VAE encodes (default: {DEFAULT_MODEL}).")
 @click.option("--name", default=None, help="Name to store the latent under.")
+@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+              help="A picture that is not square is centre-cropped, or padded with white, to a square.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def encode(ctx, image, model, name, as_json):
+def encode(ctx, image, model, name, fit, as_json):
     """Encode IMAGE into a model's VAE latent space (unscaled) and store it.
 
     \b
@@ -260,7 +265,47 @@ def encode(ctx, image, model, name, as_json):
       studio encode photo.png --model tiny-sd --name photo
       studio latents export photo photo.latent     # for ComfyUI
     """
-    _print_stored([_session(ctx).encode_image(image, model, name)], as_json)
+    _print_stored([_session(ctx).encode_image(image, model, name, fit)], as_json)
+
+
+@main.command()
+@click.argument("keyframes", nargs=-1, required=True)
+@click.option("--frames", "-f", type=int, default=12, show_default=True, help="Frames in all (2-120), keyframes "
+              "included.")
+@click.option("--method", type=click.Choice(METHODS), default="slerp", show_default=True,
+              help="slerp: spherical for noise and GAN z, linear for prompt embeddings; lerp: linear for all.")
+@click.option("--easing", type=click.Choice(list(EASINGS)), default="ease-in-out", show_default=True,
+              help="How t moves within each pair of keyframes (ease-in-out slows down at every keyframe).")
+@click.option("--fps", type=float, default=8, show_default=True, help="Frames per second of the animation.")
+@click.option("--gif/--no-gif", default=True, show_default=True, help="Write animation.gif.")
+@click.option("--mp4/--no-mp4", default=False, show_default=True, help="Write animation.mp4 (H.264).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="out/interpolation", show_default=True,
+              help="Folder for frame_000.png, ... and the animation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the files and each frame's expression as JSON.")
+@click.pass_context
+def interpolate(ctx, keyframes, frames, method, easing, fps, gif, mp4, out, as_json):
+    """Frames between two or more stored generations (KEYFRAMES: names or id prefixes), as PNGs and an
+    animation; the same frames the UI's Interpolate tab draws. Nothing is stored: keep a frame with
+    'studio eval' and the expression it prints.
+
+    \b
+    Examples:
+      studio interpolate a b --frames 16 --out out/ab
+      studio interpolate a b c a --frames 36 --easing linear --mp4 --out out/loop
+    """
+    session = _session(ctx)
+    with _output_folder(out), progress_bar("render", not as_json) as cb:
+        made = session.render_interpolation(list(keyframes), out, frames, method, easing, fps, gif, mp4, cb)
+    if as_json:
+        click.echo(json.dumps({"frames": [{"file": str(p), **step} for p, step in zip(made["frames"], made["plan"])],
+                               "gif": made["gif"] and str(made["gif"]), "mp4": made["mp4"] and str(made["mp4"])},
+                              indent=2))
+        return
+    for path, step in zip(made["frames"], made["plan"]):
+        click.echo(f"{path}  {step['expr'].replace('t)', format(step['t'], 'g') + ')')}")
+    for animation in (made["gif"], made["mp4"]):
+        if animation:
+            click.echo(str(animation))
 
 
 @main.command()
@@ -698,13 +743,23 @@ def vectors_apply(ctx, target, vector, strengths, mode, sdedit_strength, layers,
       studio vectors apply face coarse0 -s -3,0,3 --layers 0-3 --out sweep/
     """
     session = _session(ctx)
+    values = _floats(strengths)
     with _output_folder(out):  # made before anything is stored
-        items = session.vectors.apply(target, vector, _floats(strengths), mode, name, sdedit_strength, layers)
+        items = session.vectors.apply(target, vector, values, mode, name, sdedit_strength, layers)
         paths = None
         if out:
             with progress_bar("render", not as_json) as cb:
-                paths = session.render_to(items, out, cb)
+                paths = session.render_to(items, out, cb, filenames=sweep_filenames(items, target, vector, values))
     _print_stored(items, as_json, paths)
+
+
+def sweep_filenames(items: list[Stored], target: str, vector: str, strengths: list[float]) -> list[str]:
+    """PNG names that sort in the sweep's order and say each strength: NAME-1.png ... when named, else
+    TARGET+VECTOR-01-s0.5.png ..."""
+    if len(items) == 1 or items[0].name:
+        return [f"{s.label}.png" for s in items]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{target}+{vector}")[:60]
+    return [f"{stem}-{k:02d}-s{value:g}.png" for k, value in enumerate(strengths, 1)]
 
 
 @vectors.command(name="score")
@@ -761,10 +816,12 @@ def vectors_score(ctx, vector, strengths, count, seed, model, sdedit_strength, t
 @click.option("--space", type=click.Choice(["w", "w+"]), default=None, help="GAN projection space: one w for "
               "every layer (default), or w+, one per layer, which reconstructs more closely and edits less cleanly.")
 @click.option("--name", default=None, help="Name to store the inverted generation under.")
+@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+              help="A picture that is not square is centre-cropped, or padded with white, to a square.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Render the reconstruction here (and print its PSNR).")
 @click.pass_context
-def invert(ctx, image, model, prompt, steps, category, style, class_, space, name, out):
+def invert(ctx, image, model, prompt, steps, category, style, class_, space, name, fit, out):
     """Turn a picture into a stored generation that re-renders it, so it can be edited.
 
     \b
@@ -780,21 +837,13 @@ def invert(ctx, image, model, prompt, steps, category, style, class_, space, nam
       studio invert face.png --model ffhq.pkl --space w+ --out out/
     """
     session = _session(ctx)
-    stored = session.invert(image, model, prompt, steps, name, category=category, style=style, space=space,
-                            **{"class": class_})
+    stored = session.invert(image, model, prompt, steps, name, fit=fit, category=category, style=style,
+                            space=space, **{"class": class_})
     paths = None
     if out:
         with progress_bar("render", True) as cb:
             paths = session.render_to([stored], out, cb)
-        import numpy as np
-
-        from studio.scoring import psnr
-        from studio.session import open_image
-
-        original = open_image(image)
-        rendered = open_image(paths[0])
-        click.echo(f"reconstruction PSNR {psnr(np.asarray(original.resize(rendered.size)), np.asarray(rendered)):.2f} dB",
-                   err=True)
+        click.echo(f"reconstruction PSNR {session.reconstruction_psnr(image, paths[0], fit):.2f} dB", err=True)
     _print_stored([stored], False, paths)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipelines.base import GanW, Invertible, VaeCoder, require
 from studio import expr, formats
-from studio.checks import check_int, check_path, check_seed, check_tags, check_text
+from studio.checks import check_choice, check_int, check_number, check_path, check_seed, check_tags, check_text
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
 from studio.space import Space
@@ -28,7 +28,18 @@ from studio.store import Library, Record, atomic_write, check_name, check_tag, m
 DEFAULT_MODEL = "emoji-diffusion"
 MAX_COUNT = 1024  # more samples than this in one call is almost surely a typo
 INVERT_OPTIONS = ("category", "style", "class", "space")  # what a GAN's projection takes besides steps
+FITS = ("crop", "pad")  # how a picture that is not square becomes one, for encode and invert
 Progress = Callable[[int, int], None]
+
+
+class StudioWarning(UserWarning):
+    """Advice about a request that runs anyway (see ``Session.notify``)."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, StudioWarning, stacklevel=4)
 
 
 def default_home() -> Path:
@@ -67,7 +78,7 @@ class Session:
     """Library + loaded adapters, behind plain-value methods."""
 
     def __init__(self, home: str | os.PathLike | None = None, device: str | None = None, dtype: str | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, notify: Callable[[str], None] | None = None):
         if batch_size is not None:
             check_int(batch_size, "batch size", 1)
         self.library = Library(home if home is not None else default_home())
@@ -75,6 +86,9 @@ class Session:
         self.dtype = dtype
         self.batch_size = batch_size  # items per model call; None: sized to the device's free memory
         self._adapters: dict[str, Any] = {}
+        # where advice about a request that still runs goes (an empty prompt, a size far from the model's):
+        # the CLI prints it on stderr, the UI shows it as a toast; Python callers get a StudioWarning
+        self.notify = notify or warn
 
     @property
     def vectors(self):
@@ -134,6 +148,7 @@ class Session:
             if n is not None:
                 self.library.check_free(n)
         adapter = self.adapter(model)
+        self._advise_sample(adapter, prompt, settings)
         seeds = [seed + i for i in range(count)]
         gens = adapter.sample(seeds, [prompt or ""] * count if prompt is not None else None, **settings)
         for g in gens:
@@ -141,6 +156,23 @@ class Session:
         if not store:
             return [Stored(g.id, None, g) for g in gens]
         return [Stored(self.library.put(g, n, tags), n, g) for g, n in zip(gens, names)]
+
+    def _advise_sample(self, adapter, prompt: str | None, settings: dict[str, Any]) -> None:
+        """Say what a request will give that its asker may not expect; it still runs as asked."""
+        from pipelines.base import TextConditioned
+
+        adapter.resolve_settings(settings)  # a setting the model refuses is the one error, before any advice
+        if isinstance(adapter, TextConditioned) and prompt is not None and not prompt.strip():
+            self.notify(f"the prompt is empty: {adapter.spec} draws without text conditioning "
+                        f"(whatever it has learnt most often)")
+        native = adapter.default_settings()
+        asked = {side: settings[side] for side in ("height", "width")
+                 if isinstance(settings.get(side), int) and side in native}
+        if any(not native[side] / 2 <= value <= native[side] * 2 for side, value in asked.items()):
+            h, w = settings.get("height", native.get("height")), settings.get("width", native.get("width"))
+            self.notify(f"{adapter.spec} was trained at {native['width']}x{native['height']} px; {w}x{h} px is far "
+                        f"from it: expect repeated or broken shapes, and {w * h / (native['width'] * native['height']):.3g} "
+                        f"times the work per step")
 
     # ---- the algebra ----
 
@@ -233,12 +265,65 @@ class Session:
         check_path(out, "out")
         if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
             raise StudioError(f"refs must be a list of names or id prefixes, got {refs!r}")
-        items = []
-        for ref in refs:
-            object_id = self.library.resolve(ref)
-            names = self.library.names_of(object_id)
-            items.append(Stored(object_id, names[0] if names else None, self.library.get(object_id)))
-        return self.render_to(items, out, progress)
+        return self.render_to([self.stored(ref) for ref in refs], out, progress)
+
+    def stored(self, ref: str) -> Stored:
+        """A library object by reference, labelled by its first name (or short id)."""
+        object_id = self.library.resolve(ref)
+        names = self.library.names_of(object_id)
+        return Stored(object_id, names[0] if names else None, self.library.get(object_id))
+
+    # ---- interpolation ----
+
+    def interpolate(self, refs: list[str], frames: int = 12, method: str = "slerp",
+                    easing: str = "ease-in-out") -> tuple[list[Stored], list[dict[str, Any]]]:
+        """The frames between two or more keyframes (generations), evaluated but not stored, and their
+        plan: one {expr, t} per frame, ``METHOD(@a, @b, t)`` over the pair a frame lies between."""
+        from studio import interpolation
+
+        if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
+            raise StudioError(f"keyframes must be a list of names or id prefixes, got {refs!r}")
+        if not 2 <= len(refs) <= interpolation.MAX_KEYFRAMES:
+            raise StudioError(f"give between 2 and {interpolation.MAX_KEYFRAMES} keyframes, got {len(refs)}")
+        check_int(frames, "frames", 2, interpolation.MAX_FRAMES)
+        check_choice(method, "method", interpolation.METHODS)
+        check_choice(easing, "easing", interpolation.EASINGS)
+        keys = [self.stored(r) for r in refs]
+        for k in keys:
+            if not isinstance(k.obj, Generation):
+                raise StudioError(f"{k.label} is a {k.obj.kind}, not a generation; only generations are keyframes")
+        scope = {k.name or k.id: k for k in keys}  # how the plan's expressions refer to them
+        plan = interpolation.plan([k.name or k.id for k in keys], frames, method, easing)
+        items = [self.evaluate(p["expr"], bindings={"t": p["t"]}, scope=scope, store=False) for p in plan]
+        return items, plan
+
+    def render_interpolation(self, refs: list[str], out: str | os.PathLike, frames: int = 12,
+                             method: str = "slerp", easing: str = "ease-in-out", fps: float = 8,
+                             gif: bool = True, mp4: bool = True, progress: Progress | None = None
+                             ) -> dict[str, Any]:
+        """Render an interpolation's frames (``frame_000.png``, ... carrying their generations) and the
+        animation; returns {frames: paths, gif, mp4, plan}. Nothing is stored in the library."""
+        from studio import interpolation
+
+        check_path(out, "out")
+        fps = check_number(fps, "fps")
+        if not 1 <= fps <= 60:
+            raise StudioError(f"fps must be between 1 and 60, got {fps:g}")
+        items, plan = self.interpolate(refs, frames, method, easing)
+        paths = self.render_to(items, out, progress, filenames=[f"frame_{i:03d}.png" for i in range(len(items))])
+        animated = interpolation.write_animation([Image.open(p) for p in paths], paths[0].parent / "animation", fps,
+                                                 gif, mp4) if gif or mp4 else (None, None)
+        return {"frames": paths, "gif": animated[0], "mp4": animated[1], "plan": plan}
+
+    def reconstruction_psnr(self, original: str | os.PathLike, rendered: str | os.PathLike, fit: str = "crop") -> float:
+        """PSNR (dB) of a re-rendered picture against the original, squared as ``invert`` squared it."""
+        import numpy as np
+
+        from studio.scoring import psnr
+
+        picture = open_image(rendered)
+        square = self._square(open_image(original), original, fit, quiet=True)
+        return psnr(np.asarray(square.resize(picture.size, Image.LANCZOS)), np.asarray(picture))
 
     def _as_generation(self, obj: StoredObject) -> Generation:
         if isinstance(obj, Generation):
@@ -332,11 +417,14 @@ class Session:
             obj.lineage = Lineage(obj.lineage.op, {**obj.lineage.params, "foreign_parents": list(obj.lineage.parents)})
         return obj
 
-    def encode_image(self, path: str | os.PathLike, model: str | None = None, name: str | None = None) -> Stored:
-        """Encode a picture into the model's VAE space (unscaled) and store it."""
+    def encode_image(self, path: str | os.PathLike, model: str | None = None, name: str | None = None,
+                     fit: str = "crop") -> Stored:
+        """Encode a picture into the model's VAE space (unscaled) and store it; one that is not square is
+        centre-cropped or padded to a square first (``fit``)."""
         if name is not None:
             check_name(name)
-        image = open_image(path)
+        check_choice(fit, "fit", FITS)
+        image = self._square(open_image(path), path, fit)
         adapter = require(self.adapter(model), VaeCoder, "encode pictures")
         (lat,) = adapter.encode([image])
         lat.lineage = Lineage("encode", {"file": Path(path).name})
@@ -344,17 +432,19 @@ class Session:
 
     def invert(self, path: str | os.PathLike, model: str | None = None, prompt: str | None = "",
                steps: int | None = None, name: str | None = None, progress: Progress | None = None,
-               **options: Any) -> Stored:
-        """A picture -> a generation that re-renders it (DDIM or flow inversion, or GAN projection), stored."""
+               fit: str = "crop", **options: Any) -> Stored:
+        """A picture -> a generation that re-renders it (DDIM or flow inversion, or GAN projection), stored.
+        A picture that is not square is centre-cropped or padded to a square first (``fit``)."""
         prompt = check_text(prompt, "prompt", optional=True) or ""
         _check_progress(progress)
+        check_choice(fit, "fit", FITS)
         unknown = sorted(set(options) - set(INVERT_OPTIONS))
         if unknown:
             raise StudioError(f"invert takes no option {', '.join(map(repr, unknown))}; "
                               f"its options are {', '.join(INVERT_OPTIONS)} (a GAN's projection)")
         if name is not None:
             self.library.check_free(name)  # checked before the slow work
-        image = open_image(path)
+        image = self._square(open_image(path), path, fit)
         adapter = self.adapter(model)
         options = {k: v for k, v in options.items() if v is not None}
         if isinstance(adapter, Invertible):
@@ -369,6 +459,23 @@ class Session:
         gen.lineage = Lineage(gen.lineage.op if gen.lineage else "invert",
                               {**(gen.lineage.params if gen.lineage else {}), "file": Path(path).name})
         return Stored(self.library.put(gen, name), name, gen)
+
+    def _square(self, image: Image.Image, path: str | os.PathLike, fit: str, quiet: bool = False) -> Image.Image:
+        """The picture as a square, centre-cropped or padded with white (the models' pictures are square), said so."""
+        w, h = image.size
+        if w == h:
+            return image
+        side = min(w, h) if fit == "crop" else max(w, h)
+        other = "pad" if fit == "crop" else "crop"
+        if not quiet:
+            self.notify(f"{Path(path).name!r} is {w}x{h} px, not square: {'centre-cropped' if fit == 'crop' else 'padded'}"
+                        f" to {side}x{side} (fit={other} to {other} it instead)")
+        if fit == "crop":
+            left, top = (w - side) // 2, (h - side) // 2
+            return image.crop((left, top, left + side, top + side))
+        square = Image.new("RGB", (side, side), (255, 255, 255))
+        square.paste(image, ((side - w) // 2, (side - h) // 2))
+        return square
 
     # ---- looking ----
 

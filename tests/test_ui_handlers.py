@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v3 as iio
 import imageio_ffmpeg
+import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
@@ -85,13 +88,6 @@ def test_name_item_names_and_tags(studio, pair):
         studio.name_item(pair[1], "../etc", "")
 
 
-def test_frame_times_spread_frames_over_segments_with_easing():
-    assert Studio.frame_times(2, 5, "linear") == [(0, 0.0), (0, 0.25), (0, 0.5), (0, 0.75), (0, 1.0)]
-    eased = Studio.frame_times(3, 5, "ease-in-out")
-    assert [s for s, _ in eased] == [0, 0, 1, 1, 1]
-    assert eased[1][1] == 0.5 and eased[2][1] == 0.0 and eased[-1][1] == 1.0
-
-
 def test_interpolate_renders_one_batch_and_writes_gif_and_mp4(studio, pair, monkeypatch):
     calls = []
     render = studio.session.render
@@ -110,10 +106,28 @@ def test_interpolate_renders_one_batch_and_writes_gif_and_mp4(studio, pair, monk
     assert studio.session.describe("between")["lineage"]["params"]["t"] == plan[3]["t"]
 
 
+def test_the_cli_interpolates_to_the_same_frames_as_the_ui(studio, pair, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli import main
+
+    strip, _, _, plan = studio.interpolate(["cat", "dog"], 5, "slerp", "ease-in-out", 8, progress=None)
+    home = studio.session.library.home
+    result = CliRunner().invoke(main, ["--home", str(home), "interpolate", "cat", "dog", "--frames", "5",
+                                       "--out", str(tmp_path / "cli"), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert [{"expr": f["expr"], "t": f["t"]} for f in made["frames"]] == plan
+    for (ui_png, _), frame in zip(strip, made["frames"]):
+        assert np.array_equal(np.asarray(Image.open(ui_png)), np.asarray(Image.open(frame["file"])))
+        assert formats.read_png(ui_png)[0].id == formats.read_png(frame["file"])[0].id
+    assert Path(made["gif"]).is_file() and made["mp4"] is None  # --mp4 is asked for
+
+
 def test_interpolate_refuses_what_it_cannot_do(studio, pair):
     with pytest.raises(gr.Error, match="between 2 and 16 keyframes"):
         studio.interpolate(["cat"], 4, "slerp", "linear", 8, progress=None)
-    with pytest.raises(gr.Error, match="unknown method"):
+    with pytest.raises(gr.Error, match="method must be one of slerp, lerp, got 'cubic'"):
         studio.interpolate(["cat", "dog"], 4, "cubic", "linear", 8, progress=None)
     with pytest.raises(gr.Error, match="no stored object"):
         studio.interpolate(["cat", "nobody"], 4, "slerp", "linear", 8, progress=None)

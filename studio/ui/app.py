@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui.handlers import BY_SEED, EASINGS, MAX_FRAMES, MAX_SWEEP, MAX_UI_COUNT, METHODS, Studio
+from studio.interpolation import EASINGS, MAX_FRAMES, METHODS
+from studio.ui.handlers import BY_SEED, MAX_SWEEP, MAX_UI_COUNT, Studio
 
 SPACE_KINDS = ["", "noise", "text", "vae", "hspace", "gan-z", "gan-w", "gan-w+"]
 FONT = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"]  # no web fonts: works offline

@@ -31,6 +31,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from studio.errors import ExpressionError, StudioError
+from studio.interpolation import MAX_FRAMES
 from studio.objects import Generation
 from studio.session import Session, Stored
 from studio.store import check_tag, numbered_names
@@ -38,18 +39,10 @@ from studio.vectorlab import parse_attribute
 
 TINY_STEPS = 4  # the tiny test models render noise at any step count; keep them fast
 MAX_UI_COUNT = 16  # generations per click
-MAX_FRAMES = 120
-MAX_KEYFRAMES = 16
 MAX_SWEEP = 16
 LIBRARY_PAGE = 60  # objects in a page of the Library tab (newest first)
 BY_SEED = "chosen by the seed"  # the class picker's first entry: no class asked for
 CHOICES_LIMIT = 500  # objects offered in pickers
-VIDEO_MIN_SIDE = 256  # GIF/MP4 frames are upscaled to at least this many pixels
-EASINGS = {
-    "linear": lambda t: t,
-    "ease-in-out": lambda t: (1 - math.cos(math.pi * t)) / 2,  # cosine: slow at every keyframe
-}
-METHODS = ("slerp", "lerp")
 DEFINITIONS = Path(__file__).resolve().parents[2] / "prompts" / "vectors"  # prompt-pair vector definitions
 MAX_PROMPTS = 2000  # prompts per text-space discovery
 SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}$")
@@ -243,9 +236,7 @@ class Studio:
 
     def _stored(self, ref: str) -> Stored:
         """A library object by reference, labelled by its first name (or short id)."""
-        object_id = self.session.library.resolve(ref)
-        names = self.session.library.names_of(object_id)
-        return Stored(object_id, names[0] if names else None, self.session.library.get(object_id))
+        return self.session.stored(ref)
 
     @staticmethod
     def _generation(s: Stored) -> Generation:
@@ -560,11 +551,6 @@ class Studio:
                       ) -> tuple[dict[str, Any], str, str]:
         """Invert an uploaded picture into a stored generation (DDIM inversion, or GAN projection into w),
         so vectors can edit it; returns (its summary, the re-rendered picture, a PSNR line)."""
-        import numpy as np
-
-        from studio.scoring import psnr
-        from studio.session import open_image
-
         if not path:
             raise StudioError("upload a picture first")
         steps = None if steps in (None, "", 0) else whole(steps, "steps", 1, 10_000)
@@ -576,25 +562,12 @@ class Studio:
             stored = self.session.invert(path, spec, str(prompt or ""), steps, optional_name(name))
         (picture,) = self.session.render_to([stored], self._out_dir("inversions"),
                                             step_callback(progress, "re-rendering"))
-        rendered = open_image(picture)
-        original = open_image(path).resize(rendered.size, Image.LANCZOS)
-        score = psnr(np.asarray(original), np.asarray(rendered))
+        score = self.session.reconstruction_psnr(path, picture)
         line = (f"Stored **{stored.label}**: it re-renders the picture at {score:.2f} dB PSNR. "
                 f"Apply a vector to it in the Attributes tab.")
         return self._summary(stored), str(picture), line
 
     # ---- Interpolate ----
-
-    @staticmethod
-    def frame_times(keyframes: int, frames: int, easing: str) -> list[tuple[int, float]]:
-        """(segment, t) per frame: frames spread evenly over the path, eased within each segment."""
-        ease = EASINGS[easing]
-        out = []
-        for i in range(frames):
-            position = i * (keyframes - 1) / (frames - 1)
-            segment = min(int(position), keyframes - 2)
-            out.append((segment, round(ease(position - segment), 6)))
-        return out
 
     @shows_errors
     @on_model_thread
@@ -606,32 +579,18 @@ class Studio:
         Returns (the strip, a GIF, an MP4, one {expr, t} per frame: the state for storing a frame).
         """
         refs = refs_of(keyframes, "keyframes")
-        if not 2 <= len(refs) <= MAX_KEYFRAMES:
-            raise StudioError(f"pick between 2 and {MAX_KEYFRAMES} keyframes, got {len(refs)}")
         frames = whole(frames, "frames", 2, MAX_FRAMES)
         fps = real(fps, "fps", 1, 60)
-        if method not in METHODS:
-            raise StudioError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
-        if easing not in EASINGS:
-            raise StudioError(f"unknown easing {easing!r}; choose {' or '.join(EASINGS)}")
         with self._library:
             keys = [self._stored(r) for r in refs]
-            for k in keys:
-                self._generation(k)  # a clear error for latents and vectors
-            scope = {self._ref_label(k): k for k in keys}
-            plan = []
-            for segment, t in self.frame_times(len(keys), frames, easing):
-                a, b = self._ref_label(keys[segment]), self._ref_label(keys[segment + 1])
-                plan.append({"expr": f"{method}(@{a}, @{b}, t)", "t": t})
-            items = [self.session.evaluate(p["expr"], bindings={"t": p["t"]}, scope=scope, store=False)
-                     for p in plan]
-        models = {s.obj.model for s in items}
-        out = self._out_dir("interpolations", "-".join(k.label for k in keys[:3]))
+        models = {k.obj.model for k in keys if isinstance(k.obj, Generation)}
         for m in models:
             self._loaded(m, progress)
-        paths = self.session.render_to(items, out, step_callback(progress, "rendering frames"),
-                                       filenames=[f"frame_{i:03d}.png" for i in range(len(items))])
-        gif, mp4 = write_animation([Image.open(p) for p in paths], out / "animation", fps)
+        out = self._out_dir("interpolations", "-".join(k.label for k in keys[:3]))
+        with self._library:
+            made = self.session.render_interpolation(refs, out, frames, method, easing, fps,
+                                                     progress=step_callback(progress, "rendering frames"))
+        paths, plan, gif, mp4 = made["frames"], made["plan"], made["gif"], made["mp4"]
         strip = [(str(p), f"{i}: t={plan[i]['t']:.2f}") for i, p in enumerate(paths)]
         return strip, str(gif), str(mp4), plan
 
@@ -947,20 +906,3 @@ class Studio:
         return list(ids or [])
 
 
-def write_animation(images: list[Image.Image], stem: Path, fps: float) -> tuple[Path, Path]:
-    """A looping GIF and an H.264 MP4 of the frames (upscaled so small models stay visible)."""
-    import imageio.v2 as imageio
-    import numpy as np
-
-    side = min(images[0].size)
-    factor = max(1, math.ceil(VIDEO_MIN_SIDE / side))
-    frames = [np.asarray(im.convert("RGB").resize((im.width * factor, im.height * factor),
-                                                 Image.Resampling.NEAREST if factor > 1 else Image.Resampling.BICUBIC))
-              for im in images]
-    gif, mp4 = stem.with_suffix(".gif"), stem.with_suffix(".mp4")
-    imageio.mimsave(gif, frames, duration=1000 / fps, loop=0)
-    with imageio.get_writer(mp4, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2,
-                            ffmpeg_log_level="error") as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    return gif, mp4
