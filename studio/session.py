@@ -161,8 +161,10 @@ class Session:
         """Say what a request will give that its asker may not expect; it still runs as asked."""
         from pipelines.base import TextConditioned
 
+        if not isinstance(adapter, TextConditioned):
+            return  # a GAN has neither a prompt to miss nor a size to ask for
         adapter.resolve_settings(settings)  # a setting the model refuses is the one error, before any advice
-        if isinstance(adapter, TextConditioned) and prompt is not None and not prompt.strip():
+        if prompt is not None and not prompt.strip():
             self.notify(f"the prompt is empty: {adapter.spec} draws without text conditioning "
                         f"(whatever it has learnt most often)")
         native = adapter.default_settings()
