@@ -122,6 +122,16 @@ def test_a_login_is_required_when_asked(tmp_path):
             gradio_client.Client(running.local_url, verbose=False)
         c = gradio_client.Client(running.local_url, auth=("ann", "pw"), verbose=False)
         assert c.predict(api_name="/last_results") == []
+        # the login page says nothing about the API; the page behind the login does
+        import urllib.parse
+        import urllib.request
+
+        login_page = urllib.request.urlopen(running.local_url).read()
+        assert b'"auth_required":true' in login_page and b"window.gradio_api_info = null;" in login_page
+        assert b"named_endpoints" not in login_page and b"last_results" not in login_page
+        jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        jar.open(running.local_url + "login", urllib.parse.urlencode({"username": "ann", "password": "pw"}).encode())
+        assert b"named_endpoints" in jar.open(running.local_url).read()
     finally:
         running.close()
         session.library.close()

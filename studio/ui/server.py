@@ -127,6 +127,44 @@ def check_options(host: str, port: int | None, max_file_size: str | int, queue_s
                           f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
+API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
+LOGIN_PAGE = b'"auth_required":true'
+
+
+class NoApiBeforeLogin:
+    """ASGI middleware: the login page Gradio serves to a visitor who has not logged in also embeds
+    the API description (every endpoint and its parameters) that ``/gradio_api/info`` refuses them;
+    this takes it out of that page. Pages for a logged-in user pass unchanged."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD") or scope.get("path") != "/":
+            return await self.app(scope, receive, send)
+        start: dict = {}
+        body: list[bytes] = []
+
+        async def hold(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return None
+            if message["type"] != "http.response.body":
+                return await send(message)
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return None
+            page = b"".join(body)
+            if LOGIN_PAGE in page:
+                page = API_INFO.sub(b"window.gradio_api_info = null;</script>", page)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(page)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": page if scope["method"] == "GET" else b""})
+
+        await self.app(scope, receive, hold)
+
+
 def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
            share: bool = False, auth: list[tuple[str, str]] | None = None, max_file_size: str | int = MAX_UPLOAD,
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY, block: bool = True,
@@ -137,6 +175,8 @@ def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST,
     the page is first opened or a request needs it (``load_now`` loads it before serving), and the
     controls that depend on it settle when it is ready.
     """
+    from starlette.middleware import Middleware
+
     from studio.ui.app import CSS, THEME, build
     from studio.ui.handlers import Studio
 
@@ -168,7 +208,8 @@ def launch(session: Session, model: str | None = None, host: str = DEFAULT_HOST,
                         show_error=False, allowed_paths=[str(studio.outputs), str(studio.thumbs)],
                         blocked_paths=[str(session.library.objects_dir), str(home / "index.sqlite")],
                         max_file_size=max_file_size, theme=THEME, css=CSS, ssr_mode=False,
-                        enable_monitoring=False, mcp_server=False)
+                        enable_monitoring=False, mcp_server=False,
+                        app_kwargs={"middleware": [Middleware(NoApiBeforeLogin)]} if auth else None)
     except OSError as exc:
         raise StudioError(f"cannot listen on {host}:{port}: {exc}") from None
     running = Running(demo, studio, demo.local_url, demo.share_url, messages)
