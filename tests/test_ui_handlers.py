@@ -56,7 +56,8 @@ def test_generate_stores_every_item_and_renders_pngs_that_carry_them(studio):
     assert [i["seed"] for i in info] == [7, 8, 9] and {i["prompt"] for i in info} == {"a fox"}
     for (path, caption), object_id in zip(gallery, ids):
         gen, recipe = formats.read_png(path)  # the picture carries its generation
-        assert gen.id == object_id == recipe["id"] and caption == object_id[:12]
+        assert gen.id == object_id == recipe["id"] and caption == f"{object_id[:12]} · seed {gen.meta['seed']}"
+        assert Path(path).name == f"{object_id[:12]}_seed{gen.meta['seed']}.png"  # what a download is called
         assert studio.session.library.record(object_id).tags == ("fox", "test")
     assert any(isinstance(v, tuple) and v[1] for v, _ in progress.calls)  # fed (done, total) steps
 

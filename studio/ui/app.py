@@ -99,7 +99,7 @@ def build(studio: Studio) -> gr.Blocks:
                         go = gr.Button("Generate", variant="primary", interactive=not pending,
                                        elem_id="generate-btn")
                     with gr.Column(scale=3):
-                        gallery = gr.Gallery(label="Results (click one to name it)", columns=4, height=420,
+                        gallery = gr.Gallery(format="png", label="Results (click one to name it)", columns=4, height=420,
                                              object_fit="contain", elem_id="gen-gallery")
                         with gr.Row():
                             selected = gr.Textbox(label="Selected id", interactive=False, scale=3,
@@ -122,7 +122,7 @@ def build(studio: Studio) -> gr.Blocks:
                     search = gr.Button("Search", scale=1, min_width=90, elem_id="lib-search-btn")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        lib_gallery = gr.Gallery(label="Generations (click one to open it)", columns=6, height=360,
+                        lib_gallery = gr.Gallery(format="png", label="Generations (click one to open it)", columns=6, height=360,
                                                  object_fit="contain", allow_preview=False, fit_columns=False,
                                                  elem_id="lib-gallery")
                         lib_table = gr.Dataframe(headers=["label", "kind", "space", "model", "made by", "tags",
@@ -137,8 +137,8 @@ def build(studio: Studio) -> gr.Blocks:
                                                   elem_id="lib-older")
                     with gr.Column(scale=2):
                         sel_id = gr.Textbox(label="Selected", interactive=False, elem_id="lib-selected")
-                        preview = gr.Image(label="Picture", height=200, interactive=False, elem_id="lib-preview")
-                        parents = gr.Gallery(label="Made from (click to open)", columns=6, height=110,
+                        preview = gr.Image(format="png", label="Picture", height=200, interactive=False, elem_id="lib-preview")
+                        parents = gr.Gallery(format="png", label="Made from (click to open)", columns=6, height=110,
                                              allow_preview=False, object_fit="contain", fit_columns=False,
                                              elem_id="lib-parents")
                         with gr.Row():
@@ -168,7 +168,7 @@ def build(studio: Studio) -> gr.Blocks:
                             up_recipe = gr.JSON(label="Recipe in the PNG")
                             up_info = gr.JSON(label="Stored")
                         with gr.Column():
-                            enc_image = gr.Image(type="filepath", label="A picture to encode into VAE space",
+                            enc_image = gr.Image(format="png", type="filepath", label="A picture to encode into VAE space",
                                                  height=200, elem_id="enc-image")
                             with gr.Row():
                                 enc_model = model_picker()
@@ -176,7 +176,7 @@ def build(studio: Studio) -> gr.Blocks:
                                 enc_btn = gr.Button("Encode", elem_id="enc-btn")
                             enc_info = gr.JSON(label="Stored latent")
                         with gr.Column():
-                            inv_image = gr.Image(type="filepath", label="A picture to invert (to edit it)",
+                            inv_image = gr.Image(format="png", type="filepath", label="A picture to invert (to edit it)",
                                                  height=200, elem_id="inv-image")
                             with gr.Row():
                                 inv_model = model_picker()
@@ -187,7 +187,7 @@ def build(studio: Studio) -> gr.Blocks:
                                                       info="0: 100 DDIM / 300 GAN")
                                 inv_btn = gr.Button("Invert", elem_id="inv-btn")
                             inv_line = gr.Markdown(elem_id="inv-line")
-                            inv_picture = gr.Image(label="Re-rendered", height=160, interactive=False,
+                            inv_picture = gr.Image(format="png", label="Re-rendered", height=160, interactive=False,
                                                    elem_id="inv-picture")
                             inv_info = gr.JSON(label="Stored generation")
 
@@ -202,10 +202,10 @@ def build(studio: Studio) -> gr.Blocks:
                     method = gr.Radio(list(METHODS), value="slerp", label="Path", elem_id="method")
                     easing = gr.Radio(list(EASINGS), value="ease-in-out", label="Easing", elem_id="easing")
                     interp = gr.Button("Interpolate", variant="primary", elem_id="interp-btn")
-                strip = gr.Gallery(label="Frames (click one to store it)", columns=12, height=190,
+                strip = gr.Gallery(format="png", label="Frames (click one to store it)", columns=12, height=190,
                                    object_fit="contain", allow_preview=False, fit_columns=False, elem_id="strip")
                 with gr.Row(equal_height=False):
-                    gif = gr.Image(label="GIF", height=260, interactive=False, elem_id="gif")
+                    gif = gr.Image(format="png", label="GIF", height=260, interactive=False, elem_id="gif")
                     mp4 = gr.Video(label="MP4", height=260, interactive=False, elem_id="mp4")
                     with gr.Column():
                         frame_index = gr.Number(label="Frame", precision=0, value=0, minimum=0, elem_id="frame-index")
@@ -287,9 +287,9 @@ def build(studio: Studio) -> gr.Blocks:
                     applied_name = gr.Textbox(label="Result name", placeholder="optional")
                     apply_btn = gr.Button("Apply", variant="primary", elem_id="apply-btn")
                 with gr.Row(equal_height=False):
-                    applied = gr.Gallery(label="Applied (stored)", columns=3, height=170, object_fit="contain",
+                    applied = gr.Gallery(format="png", label="Applied (stored)", columns=3, height=170, object_fit="contain",
                                          fit_columns=False, elem_id="applied", scale=2)
-                    sweep = gr.Gallery(label="Strength sweep (first target)", columns=MAX_SWEEP // 2, height=170,
+                    sweep = gr.Gallery(format="png", label="Strength sweep (first target)", columns=MAX_SWEEP // 2, height=170,
                                        object_fit="contain", allow_preview=False, fit_columns=False,
                                        elem_id="sweep", scale=3)
                 applied_info = gr.JSON(label="Stored results", visible=False)
@@ -310,9 +310,9 @@ def build(studio: Studio) -> gr.Blocks:
                                                scale=1, placeholder="e.g. 0.5", elem_id="score-psi")
                         score_btn = gr.Button("Score the vector", scale=1, elem_id="score-btn")
                     with gr.Row(equal_height=False):
-                        score_plot = gr.Image(label="Scores", interactive=False, scale=3, elem_id="score-plot")
+                        score_plot = gr.Image(format="png", label="Scores", interactive=False, scale=3, elem_id="score-plot")
                         with gr.Column(scale=2):
-                            score_strip = gr.Image(label="Examples (columns: original, then strengths)",
+                            score_strip = gr.Image(format="png", label="Examples (columns: original, then strengths)",
                                                    interactive=False)
                             score_table = gr.Dataframe(headers=["strength", "flip rate", "kept", "pixel change",
                                                                 "n"], interactive=False, label="Scores")
@@ -337,7 +337,7 @@ def build(studio: Studio) -> gr.Blocks:
                             render_btn = gr.Button("Evaluate and render", variant="primary", scale=1,
                                                    elem_id="render-btn")
                     with gr.Column(scale=2):
-                        expr_image = gr.Image(label="Result", height=260, interactive=False, elem_id="expr-image")
+                        expr_image = gr.Image(format="png", label="Result", height=260, interactive=False, elem_id="expr-image")
                         expr_info = gr.JSON(label="Stored", max_height=220, elem_id="expr-info")
                 with gr.Accordion("Recipe files (YAML)", open=True):
                     with gr.Row(equal_height=False):
@@ -352,7 +352,7 @@ def build(studio: Studio) -> gr.Blocks:
                             save_recipe = gr.Button("Save for download")
                             recipe_down = gr.File(label="Download", visible=False)
                             run_btn = gr.Button("Run recipe", variant="primary", elem_id="run-recipe")
-                    run_gallery = gr.Gallery(label="Rendered", columns=10, height=170, object_fit="contain",
+                    run_gallery = gr.Gallery(format="png", label="Rendered", columns=10, height=170, object_fit="contain",
                                              fit_columns=False, elem_id="run-gallery")
                     run_info = gr.JSON(label="Run", max_height=200)
 

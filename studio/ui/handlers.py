@@ -17,7 +17,9 @@ import contextvars
 import functools
 import html
 import math
+import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -287,6 +289,23 @@ class Studio:
     def _gallery(self, items: list[Stored], progress: Any = None) -> list[tuple[str, str]]:
         return [(str(p), s.label) for s, p in zip(items, self._thumbs(items, progress))]
 
+    def _results(self, items: list[Stored], progress: Any = None) -> list[tuple[str, str]]:
+        """Fresh results: PNGs (each carrying its recipe) named and captioned by the item's name or short
+        id and its seed, so a download says what it is; links to the cached renders, not copies."""
+        folder = self._out_dir("results")
+        shown = []
+        for s, thumb in zip(items, self._thumbs(items, progress)):
+            seed = s.obj.meta.get("seed") if isinstance(s.obj, Generation) else None
+            caption = s.label if seed is None else f"{s.label} · seed {seed}"
+            path = folder / (s.label if seed is None else f"{s.label}_seed{seed}")
+            path = path.with_name(re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name)[:80] + ".png")
+            try:
+                os.link(thumb, path)
+            except OSError:
+                shutil.copyfile(thumb, path)
+            shown.append((str(path), caption))
+        return shown
+
     def _out_dir(self, kind: str, label: str = "") -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
         folder = self.outputs / kind / (f"{stamp}-{label}" if label else stamp)
@@ -404,7 +423,7 @@ class Studio:
             text = None  # the class picker, not a prompt, chooses a GAN's class here
         with self._library:
             items = self.session.sample(spec, text, seed, count, tags=tag_list, **settings)
-        gallery = self._gallery(items, progress)
+        gallery = self._results(items, progress)
         return gallery, [self._summary(s) for s in items], [s.id for s in items]
 
     @shows_errors
