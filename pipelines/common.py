@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from studio.checks import check_seed, check_text
-from studio.errors import StudioError
+from studio.errors import StudioError, printable
 from studio.lazy import np, torch
 
 if TYPE_CHECKING:
@@ -57,10 +59,46 @@ def batches(keys: list[dict], max_batch: int):
             yield json.loads(key), indices[start : start + max_batch]
 
 
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours and bold, as torch's messages use
+
+
 def one_line(exc: BaseException | str, limit: int = 300) -> str:
-    """An exception's message folded onto one short line (library messages often span several)."""
-    text = " ".join(str(exc).split())
-    return text[:limit] + ("..." if len(text) > limit else "")
+    """A library's message (diffusers, transformers, torch, huggingface_hub) as one short line: its first
+    meaningful line, since what follows is advice, download chatter or a listing; a first line that only
+    leads in (ends with ':') keeps the line after it. Control characters left are shown escaped."""
+    lines = [" ".join(line.split()) for line in ANSI_STYLE.sub("", str(exc)).splitlines()]
+    lines = [line for line in lines if line] or [type(exc).__name__ if isinstance(exc, BaseException) else ""]
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return printable(text, limit)
+
+
+MAX_SAFETENSORS_HEADER = 100 << 20  # what the safetensors library itself reads at most
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a weights file cannot be a whole safetensors file (not one, or cut short), from its framing
+    alone (its first bytes and its size, never its tensors); None when the framing holds."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            start = f.read(8)
+            n = int.from_bytes(start, "little") if len(start) == 8 else 0
+            if len(start) < 8 or n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+                return "it is not a safetensors file, or it is truncated"
+            header = json.loads(f.read(n))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or type(exc).__name__})"
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
+        return "it is not a safetensors file (its header is not JSON)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        return "it is not a safetensors file (its header does not describe tensors)"
+    if 8 + n + end != size:
+        return f"it is truncated or damaged: its header describes {8 + n + end} bytes, the file has {size}"
+    return None
 
 
 def check_setting(settings: dict, name: str, low: float, high: float, integer: bool = False) -> None:

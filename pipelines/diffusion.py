@@ -45,10 +45,11 @@ from pipelines.common import (
     offline_error,
     one_line,
     public_config,
+    safetensors_damage,
     weight_sample,
 )
 from pipelines.families import FAMILIES, SDXL, Family, supported, text_fingerprint_config, text_label
-from studio.errors import SpaceMismatch, StudioError
+from studio.errors import SpaceMismatch, StudioError, printable
 from studio.objects import Generation, Latent, Lineage
 from studio.space import Space, fingerprint
 
@@ -74,8 +75,10 @@ def read_studio_defaults(folder: str | Path) -> dict[str, Any]:
         return {}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise StudioError(f"cannot read the model's render defaults {printable(path)}: it nests too deeply") from None
     except (OSError, ValueError) as exc:
-        raise StudioError(f"cannot read the model's render defaults {path}: {exc}") from exc
+        raise StudioError(f"cannot read the model's render defaults {printable(path)}: {one_line(exc)}") from None
     if not isinstance(raw, dict):
         raise StudioError(f"{path} must hold a JSON object of render settings, not {type(raw).__name__}")
     out: dict[str, Any] = {}
@@ -152,10 +155,13 @@ class DiffusionAdapter(PipelineAdapter, TextConditioned, VaeCoder, Invertible, S
             if not Path(source).is_dir():  # a hub id: its model_index.json from the cache (or the hub)
                 absent = absent_parts(diffusers.DiffusionPipeline.load_config(source, local_files_only=not download))
             # torch_dtype is spelled dtype in newer diffusers; both work. The safety-checker arguments
-            # are for SD pipelines; the note that SDXL ignores them is not news.
-            diffusers.utils.logging.set_verbosity_error()
+            # are for SD pipelines; the note that SDXL ignores them is not news. A part that fails to
+            # load is logged by diffusers before it raises, and torch's weights-only reader warns about
+            # pickle protocols: the exception caught below says it once, in one line.
+            diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module="torch")
                 pipe = diffusers.DiffusionPipeline.from_pretrained(
                     source,
                     torch_dtype=dt,
@@ -548,13 +554,15 @@ def absent_parts(index: dict) -> list[str]:
 def check_pipeline_folder(folder: Path, spec: str) -> list[str]:
     """A diffusers folder names a pipeline the studio runs, and holds a folder for each part it lists;
     returns the parts it saves as absent."""
+    shown = printable(folder / "model_index.json")
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except RecursionError:
+        raise StudioError(f"cannot read {shown}: it nests too deeply") from None
     except (OSError, ValueError) as exc:
-        raise StudioError(f"cannot read {folder / 'model_index.json'}: {type(exc).__name__}: "
-                          f"{one_line(exc)}") from None
+        raise StudioError(f"cannot read {shown}: {type(exc).__name__}: {one_line(exc)}") from None
     if not isinstance(index, dict):
-        raise StudioError(f"{folder / 'model_index.json'} must hold a JSON object")
+        raise StudioError(f"{shown} must hold a JSON object")
     name = index.get("_class_name")
     if name not in FAMILIES:
         raise StudioError(f"model {spec!r} is a {str(name)[:80]!r} pipeline, which the studio does not run; "
@@ -563,5 +571,11 @@ def check_pipeline_folder(folder: Path, spec: str) -> list[str]:
              and k not in ("safety_checker", "feature_extractor", "image_encoder")]
     missing = [k for k in parts if not (folder / k).is_dir()]
     if missing:
-        raise StudioError(f"model {spec!r} ({name}) is missing the part folder(s) {', '.join(missing)}")
+        raise StudioError(f"model {spec!r} ({name}) is missing the part folder(s) {printable(', '.join(missing))}")
+    for part in parts:  # a weights file cut short or of another format, said before diffusers tries it
+        for weights in sorted((folder / part).glob("*.safetensors")):
+            damage = safetensors_damage(weights)
+            if damage:
+                raise StudioError(f"cannot load diffusion model {spec!r}: "
+                                  f"{printable(weights.relative_to(folder))}: {damage}")
     return absent_parts(index)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
 from pipelines.base import PipelineAdapter
@@ -56,17 +55,15 @@ def folder_kind(folder: Path) -> str | None:
     """'diffusion' for a diffusers folder, 'gan' for our StyleGAN folder, None otherwise."""
     if (folder / "model_index.json").is_file():
         return "diffusion"
-    from pipelines.stylegan import ARCHITECTURE
+    from pipelines.stylegan import ARCHITECTURE, read_config_json
     from pipelines.stylegan_nets import folder as network_folder
     from pipelines.stylegan_nets import training
 
     gans = (ARCHITECTURE, network_folder.FOLDER_ARCHITECTURE, training.ARCHITECTURE)
-    try:
-        if json.loads((folder / "config.json").read_text()).get("architecture") in gans:
-            return "gan"
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
+    if not (folder / "config.json").is_file():
+        return None
+    # a config.json that cannot be read is one error about it, not "neither kind of model"
+    return "gan" if read_config_json(folder).get("architecture") in gans else None
 
 
 def _load_folder(folder: Path, spec: str, device: str | None, dtype: str | None) -> PipelineAdapter:
@@ -197,7 +194,7 @@ def local_kind(spec: str) -> str | None:
             return "diffusion"
         if path.is_file() and path.suffix.lower() in NETWORK_SUFFIXES:
             return "gan"
-    except OSError:
+    except (OSError, StudioError):  # an unreadable config is for loading to report
         pass
     return None
 

@@ -22,12 +22,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from studio.errors import StudioError
+from studio.errors import StudioError, printable
 
 ARCHITECTURE = "latent-studio-stylegan2"  # the marker in config.json that says "this folder is our GAN"
+MAX_CONFIG_BYTES = 64 << 20  # a config.json with a conditional model's vocabulary is a few hundred KiB
+# The sizes a config may ask for. Beyond these a hostile or mistyped config.json would build a network
+# of many gigabytes, with random weights, before its weights could be compared with it.
+SIZE_BOUNDS = {
+    "z_dim": (1, 2048), "w_dim": (1, 2048), "mapping_layers": (1, 32), "resolution": (4, 4096),
+    "channel_base": (1, 1 << 20), "channel_max": (1, 1024), "img_channels": (1, 4), "noise_seed": (0, 2**63 - 1),
+    "num_classes": (0, 32768),
+}
 
 
 @dataclass
@@ -64,13 +73,42 @@ class GeneratorConfig:
         return self.num_classes + sum(self.class_factors) if self.num_classes else 0
 
     def __post_init__(self):
-        self.class_factors = [int(f) for f in self.class_factors]
+        for name, (low, high) in SIZE_BOUNDS.items():
+            _check_size(getattr(self, name), name, low, high)
+        lr, beta = self.mapping_lr_mul, self.w_avg_beta
+        if not _is_number(lr) or not 0 < lr < math.inf:
+            raise StudioError(f"GAN config field mapping_lr_mul must be a positive number, not {_shown(lr)}")
+        if not _is_number(beta) or not 0 <= beta <= 1:
+            raise StudioError(f"GAN config field w_avg_beta must be a number from 0 to 1, not {_shown(beta)}")
+        if not isinstance(self.class_factors, list | tuple):
+            raise StudioError(f"GAN config field class_factors must be a list of whole numbers, "
+                              f"not {_shown(self.class_factors)}")
+        self.class_factors = list(self.class_factors)
+        for f in self.class_factors:
+            _check_size(f, "class_factors", 1, SIZE_BOUNDS["num_classes"][1])
         if self.class_factors and math.prod(self.class_factors) != self.num_classes:
             raise StudioError(
                 f"class_factors {self.class_factors} do not multiply to num_classes={self.num_classes}"
             )
-        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+        if self.resolution & (self.resolution - 1):
             raise StudioError(f"GAN resolution must be a power of two >= 4, not {self.resolution}")
+        if self.channel_base < self.resolution:  # the last block would have no channels
+            raise StudioError(f"GAN config field channel_base must be at least the resolution ({self.resolution}), "
+                              f"not {self.channel_base}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shown(value: object) -> str:
+    return printable(repr(value), 40)
+
+
+def _check_size(value: object, name: str, low: int, high: int) -> None:
+    """A size field of the config: a whole number (not a bool) within [low, high]; the error names the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise StudioError(f"GAN config field {name} must be a whole number from {low} to {high}, not {_shown(value)}")
 
 
 class EqualLinear(nn.Module):
@@ -392,33 +430,53 @@ def save_generator(
     return folder
 
 
+def read_config_json(folder: str | Path) -> dict:
+    """The JSON object in ``folder/config.json``; one StudioError line for anything else."""
+    path = Path(folder) / "config.json"
+    shown = printable(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise StudioError(f"cannot read GAN config {shown}: it nests too deeply") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, integers of thousands of digits
+        raise StudioError(f"cannot read GAN config {shown}: {printable(exc, 200)}") from None
+    if not isinstance(data, dict):
+        raise StudioError(f"{shown} is not a {ARCHITECTURE} config (it holds a {type(data).__name__})")
+    return data
+
+
 def read_extra(folder: str | Path) -> dict:
     """The entries of ``folder/config.json`` that are not GeneratorConfig fields (e.g. ``labels``)."""
-    data = json.loads((Path(folder) / "config.json").read_text())
+    data = read_config_json(folder)
     known = {f.name for f in fields(GeneratorConfig)} | {"architecture"}
     return {k: v for k, v in data.items() if k not in known}
 
 
 def read_config(folder: str | Path) -> GeneratorConfig:
     """The GeneratorConfig in ``folder/config.json``, refusing folders that are not ours."""
-    path = Path(folder) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StudioError(f"cannot read GAN config {path}: {exc}") from exc
+    data = read_config_json(folder)
     if data.get("architecture") != ARCHITECTURE:
-        raise StudioError(
-            f"{path} is not a {ARCHITECTURE} config (architecture={data.get('architecture')!r})"
-        )
+        raise StudioError(f"{printable(Path(folder) / 'config.json')} is not a {ARCHITECTURE} config "
+                          f"(architecture={_shown(data.get('architecture'))})")
     known = {f.name for f in fields(GeneratorConfig)}
     return GeneratorConfig(**{k: v for k, v in data.items() if k in known})
 
 
 def load_generator(folder: str | Path) -> Generator:
     """Build the generator from ``config.json`` and load ``model.safetensors`` (no code is executed)."""
-    gen = Generator(read_config(folder))
+    from pipelines.stylegan_nets.sg2 import _load_exactly
+
+    config = read_config(folder)
+    path = Path(folder) / "model.safetensors"
     try:
-        gen.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
-    except (OSError, RuntimeError) as exc:
-        raise StudioError(f"cannot load GAN weights from {folder}: {exc}") from exc
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as exc:  # missing, truncated, or not safetensors at all
+        raise StudioError(f"cannot read the GAN weights {printable(path)}: {printable(exc, 200)}") from None
+    bad = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if bad:
+        raise StudioError(f"{printable(path)}: tensors {_shown(bad[:4])} are not floating point")
+    gen = Generator(config)
+    _load_exactly(gen, tensors, f"the tensors of {printable(path)}")  # names and shapes, one line on a mismatch
     return gen.eval()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from studio.errors import StudioError
+from studio.errors import StudioError, printable
 from studio.interpolation import EASINGS, METHODS
 from studio.objects import Generation, Vector
 from studio.session import DEFAULT_MODEL, FITS, Session, Stored, default_home
@@ -20,21 +20,25 @@ from studio.vectorlab import parse_attribute
 
 
 class StudioGroup(click.Group):
-    """Turns a StudioError anywhere below into one line on stderr and exit code 2."""
+    """Turns a StudioError anywhere below into one line on stderr and exit code 2.
+
+    The line is escaped once more here (``printable``): a newline a message still carries, from text
+    quoted in it unescaped, cannot start a second line that reads like another error.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except StudioError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(exc)}", err=True)
             ctx.exit(2)
         except sqlite3.DatabaseError as exc:  # the index file itself is damaged
-            click.echo(f"error: the library's index is damaged ({exc}); run 'studio latents check --repair' "
-                       "to rebuild it from the object files (names and tags are lost)", err=True)
+            click.echo(f"error: the library's index is damaged ({printable(exc)}); run 'studio latents check "
+                       "--repair' to rebuild it from the object files (names and tags are lost)", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # a bad option or argument below: one line too, with where to look
             where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            click.echo(f"error: {printable(exc.format_message())} (see '{printable(where)} --help')", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from studio import algebra
 from studio.checks import check_number, check_text
-from studio.errors import ExpressionError, StudioError
+from studio.errors import ExpressionError, StudioError, printable
 from studio.objects import Generation, Lineage
 
 MAX_LENGTH = 10_000  # longer input is refused before tokenizing
@@ -349,7 +349,7 @@ class Evaluator:
         except ExpressionError:
             raise
         except StudioError as exc:
-            raise type(exc)(f"{exc} (at position {node.pos + 1} of '{self.source}')") from None
+            raise type(exc)(f"{exc} (at position {node.pos + 1} of '{printable(self.source)}')") from None
 
 
 def check_bindings(bindings: dict[str, float] | None) -> dict[str, float]:

@@ -506,21 +506,9 @@ def _steps(steps: int | None, default: int, most: int, what: str) -> int:
     return steps
 
 
-MAX_IMAGE_PIXELS = 4096 * 4096
-
-
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB picture from a file, refusing what is not an image or is absurdly large."""
-    path = check_path(path, "path")
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise StudioError(f"{path} is {im.width}x{im.height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise StudioError(f"no such file: {path}") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise StudioError(f"{path} is not a readable image: {exc}") from None
+    """An RGB picture from a file, refusing what is not an image, is absurdly large or claims to be."""
+    return formats.read_image(check_path(path, "path"))[0]
 
 
 def describe_value(value: StoredObject) -> str:

@@ -101,7 +101,11 @@ class Space:
     def from_json(cls, data: dict) -> Space:
         try:
             parts = tuple((name, tuple(shape)) for name, shape in data.get("parts", ()))
-            return cls(data["kind"], data["family"], tuple(data["shape"]), parts)
+            family = data["family"]
+            names = [family, *(name for name, _ in parts)]
+            if not all(isinstance(n, str) and n.isprintable() for n in names):  # messages show them as they are
+                raise ValueError(names)
+            return cls(data["kind"], family, tuple(data["shape"]), parts)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise StudioError(f"malformed space description {str(data)[:200]!r}") from None
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from studio import formats
 from studio.checks import check_int, check_path, check_tags
-from studio.errors import StudioError
+from studio.errors import StudioError, printable
 from studio.objects import Generation, StoredObject, Vector
 
 # used with fullmatch: "$" alone would also accept a name ending in a newline
@@ -147,7 +147,7 @@ def make_folder(folder: str | os.PathLike) -> Path:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StudioError(f"cannot create output folder {folder}: {exc.strerror}") from None
+        raise StudioError(f"cannot create output folder {printable(folder)}: {exc.strerror}") from None
     return Path(folder)
 
 
@@ -371,7 +371,7 @@ class Library:
                     for statement in _statements(REBUILD_SEARCH):
                         db.execute(statement)
         except (OSError, sqlite3.Error) as exc:
-            raise StudioError(f"cannot open the library at {self.home}: {exc}") from None
+            raise StudioError(f"cannot open the library at {printable(self.home)}: {printable(exc)}") from None
 
     def close(self) -> None:
         self.db.close()

@@ -58,6 +58,16 @@ class StyleGAN2Config:
     source: str  # 'nvidia' (stylegan2-ada pickle), 'rosinality' (stylegan2-pytorch checkpoint) or 'created'
 
 
+# What a created generator may ask for (the official 1024 px networks use 512, 8 layers and 32768).
+# Beyond these a hostile or mistyped config.json would build a network of many gigabytes, with
+# random weights, before its tensors could be compared with it.
+SETTINGS_BOUNDS = {
+    "z_dim": (1, 2048), "w_dim": (1, 2048), "c_dim": (0, 32768), "mapping_layers": (1, 32),
+    "resolution": (4, 4096), "img_channels": (1, 4), "channel_base": (1, 1 << 20), "channel_max": (1, 1024),
+    "noise_seed": (0, 2**63 - 1),
+}
+
+
 @dataclass(frozen=True)
 class StyleGAN2Settings:
     """What ``StyleGAN2Generator.create`` builds: a StyleGAN2-ADA 'skip' generator, fresh weights.
@@ -84,11 +94,10 @@ class StyleGAN2Settings:
     noise_seed: int = 0  # seeds the fixed noise buffers, so 'const' rendering is reproducible
 
     def __post_init__(self):
-        for name in ("z_dim", "w_dim", "c_dim", "mapping_layers", "resolution", "img_channels",
-                     "channel_base", "channel_max", "noise_seed"):
-            _check_int(getattr(self, name), name, minimum=0 if name in ("c_dim", "noise_seed") else 1)
+        for name, (low, high) in SETTINGS_BOUNDS.items():
+            _check_int(getattr(self, name), name, low, high)
         if self.embed_dim is not None:
-            _check_int(self.embed_dim, "embed_dim", minimum=1)
+            _check_int(self.embed_dim, "embed_dim", *SETTINGS_BOUNDS["w_dim"])
         for name in ("mapping_lr_mul", "w_avg_beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -99,8 +108,11 @@ class StyleGAN2Settings:
         clamp = self.conv_clamp
         if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, int | float) or not clamp > 0):
             raise StudioError(f"StyleGAN2 setting conv_clamp must be None or a positive number, not {clamp!r}")
-        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+        if self.resolution & (self.resolution - 1):
             raise StudioError(f"StyleGAN2 resolution must be a power of two >= 4, not {self.resolution}")
+        if self.channel_base < self.resolution:  # the last block would have no channels
+            raise StudioError(f"StyleGAN2 setting channel_base must be at least the resolution "
+                              f"({self.resolution}), not {self.channel_base}")
         if self.synthesis_architecture != "skip":
             raise StudioError("a created StyleGAN2 generator has the 'skip' architecture, "
                               f"not {self.synthesis_architecture!r}")
@@ -122,9 +134,10 @@ class StyleGAN2Settings:
         return 2 * len(self.resolutions)
 
 
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StudioError(f"StyleGAN2 setting {name} must be an integer >= {minimum}, not {value!r}")
+def _check_int(value, name: str, minimum: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise StudioError(f"StyleGAN2 setting {name} must be an integer from {minimum} to {maximum}, not {shown}")
 
 
 def _tensor(module: PersistentModule, name: str) -> torch.Tensor:

@@ -83,6 +83,8 @@ def _read_config(folder: Path) -> dict:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise StudioError(f"cannot read the StyleGAN2 config {path}: it nests too deeply") from None
     except (OSError, ValueError) as exc:
         raise StudioError(f"cannot read the StyleGAN2 config {path}: {_one_line(exc)}") from None
     if not isinstance(data, dict) or data.get("architecture") != ARCHITECTURE:
