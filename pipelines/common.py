@@ -74,6 +74,26 @@ def one_line(exc: BaseException | str, limit: int = 300) -> str:
     return printable(text, limit)
 
 
+MAX_CONFIG_BYTES = 64 << 20  # a config.json with a conditional model's vocabulary is a few hundred KiB
+
+
+def read_json_config(path: Path, what: str) -> dict:
+    """The JSON object in a model folder's config file; one StudioError line for anything else
+    (unreadable, not UTF-8, not JSON, absurdly nested or large, integers of thousands of digits)."""
+    shown = printable(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise StudioError(f"cannot read the {what} config {shown}: it nests too deeply") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise StudioError(f"cannot read the {what} config {shown}: {printable(exc, 200)}") from None
+    if not isinstance(data, dict):
+        raise StudioError(f"{shown} is not a {what} config (it holds a {type(data).__name__})")
+    return data
+
+
 MAX_SAFETENSORS_HEADER = 100 << 20  # what the safetensors library itself reads at most
 
 

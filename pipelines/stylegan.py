@@ -26,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipelines.common import read_json_config
 from studio.errors import StudioError, printable
 
 ARCHITECTURE = "latent-studio-stylegan2"  # the marker in config.json that says "this folder is our GAN"
-MAX_CONFIG_BYTES = 64 << 20  # a config.json with a conditional model's vocabulary is a few hundred KiB
 # The sizes a config may ask for. Beyond these a hostile or mistyped config.json would build a network
 # of many gigabytes, with random weights, before its weights could be compared with it.
 SIZE_BOUNDS = {
@@ -432,19 +432,7 @@ def save_generator(
 
 def read_config_json(folder: str | Path) -> dict:
     """The JSON object in ``folder/config.json``; one StudioError line for anything else."""
-    path = Path(folder) / "config.json"
-    shown = printable(path)
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise StudioError(f"cannot read GAN config {shown}: it nests too deeply") from None
-    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, integers of thousands of digits
-        raise StudioError(f"cannot read GAN config {shown}: {printable(exc, 200)}") from None
-    if not isinstance(data, dict):
-        raise StudioError(f"{shown} is not a {ARCHITECTURE} config (it holds a {type(data).__name__})")
-    return data
+    return read_json_config(Path(folder) / "config.json", "GAN")
 
 
 def read_extra(folder: str | Path) -> dict:

@@ -19,7 +19,15 @@ from PIL import Image
 
 from pipelines.base import GanW, Invertible, VaeCoder, require
 from studio import expr, formats
-from studio.checks import check_choice, check_int, check_number, check_path, check_seed, check_tags, check_text
+from studio.checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_path,
+    check_seed,
+    check_tags,
+    check_text,
+)
 from studio.errors import StudioError
 from studio.objects import Generation, Latent, Lineage, StoredObject, Vector
 from studio.space import Space

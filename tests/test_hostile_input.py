@@ -345,19 +345,13 @@ def test_gan_configs_with_impossible_sizes_name_the_field(lib, gan_folders, tmp_
     assert field in one_error(lib, "sample", "--model", str(folder), "--seed", "1")
 
 
-@pytest.mark.parametrize("field, value", [("num_classes", -1), ("num_classes", "x"), ("class_factors", "ab"),
-                                          ("w_avg_beta", 7)])
-def test_v1_gan_class_fields_of_the_wrong_type_name_the_field(lib, gan_folders, tmp_path, field, value):
-    folder = gan_copy(gan_folders, "v1", tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    config[field] = value
-    (folder / "config.json").write_text(json.dumps(config))
-    assert field in one_error(lib, "sample", "--model", str(folder), "--seed", "1")
-
-
-@pytest.mark.parametrize("field, value", [("z_dim", "abc"), ("img_resolution", 10**9), ("w_dim", 0)])
-def test_converted_network_configs_with_wrong_facts_name_the_field(lib, gan_folders, tmp_path, field, value):
-    folder = gan_copy(gan_folders, "net", tmp_path)
+@pytest.mark.parametrize("kind, field, value", [
+    ("v1", "num_classes", -1), ("v1", "num_classes", "x"), ("v1", "class_factors", "ab"), ("v1", "w_avg_beta", 7),
+    ("net", "z_dim", "abc"), ("net", "img_resolution", 10**9), ("net", "w_dim", 0),
+])
+def test_gan_config_fields_of_the_wrong_type_or_size_name_the_field(lib, gan_folders, tmp_path, kind, field, value):
+    """Class fields of a studio GAN folder (v1), and the facts of a converted network folder."""
+    folder = gan_copy(gan_folders, kind, tmp_path)
     config = json.loads((folder / "config.json").read_text())
     config[field] = value
     (folder / "config.json").write_text(json.dumps(config))

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pipelines.common import read_json_config
 from pipelines.stylegan_nets.sg2 import StyleGAN2Generator, StyleGAN2Settings, _load_exactly, one_hot_classes
 from studio.errors import StudioError
 
@@ -30,7 +31,6 @@ ARCHITECTURE = "latent-studio-stylegan2-v2"  # the marker in config.json: "this 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 SETTINGS_FIELDS = tuple(f.name for f in fields(StyleGAN2Settings))
-MAX_CONFIG_BYTES = 64 << 20  # a config.json with a vocabulary is a few hundred KiB
 
 
 def _one_line(reason: object) -> str:
@@ -79,16 +79,9 @@ def save_sg2_folder(G: StyleGAN2Generator, folder: str | os.PathLike, extra: dic
 
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_NAME
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise StudioError(f"cannot read the StyleGAN2 config {path}: it nests too deeply") from None
-    except (OSError, ValueError) as exc:
-        raise StudioError(f"cannot read the StyleGAN2 config {path}: {_one_line(exc)}") from None
-    if not isinstance(data, dict) or data.get("architecture") != ARCHITECTURE:
-        found = data.get("architecture") if isinstance(data, dict) else type(data).__name__
+    data = read_json_config(path, "StyleGAN2")
+    if data.get("architecture") != ARCHITECTURE:
+        found = data.get("architecture")
         raise StudioError(f"{path} is not a {ARCHITECTURE} config (architecture={found!r})")
     return data
 
